@@ -1,0 +1,1 @@
+from repdiag.errors import UserError  # noqa: F401

@@ -1,0 +1,228 @@
+"""repdiag's checkpoint format: plain types and tensors, written atomically.
+
+A checkpoint is a dict that loads with ``torch.load(weights_only=True)``::
+
+    {"format": "repdiag-checkpoint", "version": 1,
+     "config": {...},                    # the full run config, plain types
+     "model": {"backbone": {...}, "head": {...}},   # BackboneSpec / HeadSpec
+     "backbone": state_dict, "head": state_dict,
+     "epoch": int, "step": int,
+     "optimizer": state_dict | None, "scheduler": state_dict | None,
+     "rng": {"torch": ByteTensor, ...},
+     "metrics": [ {epoch, loss, ...}, ... ],
+     "extra": {...}}                     # scheme-specific state (plain types)
+
+Loading never unpickles arbitrary objects: ``weights_only=True`` refuses any
+pickled class that is not a tensor or a plain container, so a file that would
+run code is rejected before anything in it runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from repdiag.errors import UserError
+from repdiag.models import BackboneSpec, Head, HeadSpec, build_backbone, build_head
+
+FORMAT = "repdiag-checkpoint"
+VERSION = 1
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """Write ``obj`` with torch.save to a temp file, fsync it, then rename over ``path``.
+
+    A reader never sees a half-written file; a crash leaves the old file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def safe_torch_load(path: str | os.PathLike, what: str = "file") -> object:
+    """``torch.load(weights_only=True)`` on CPU with every failure as a one-line UserError."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such {what}")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a {what}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported" in str(e) or "global" in str(e).lower():
+            raise UserError(
+                f"{path}: refused, the file holds pickled objects that could run code "
+                f"(only tensors and plain types are loaded): {first[:160]}"
+            ) from None
+        raise UserError(f"{path}: not a readable torch file ({first[:160]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: truncated or not a torch file ({msg[:160]})") from None
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: specs and weights to rebuild the model, plus run state."""
+
+    path: str
+    config: dict
+    backbone_spec: BackboneSpec
+    head_spec: HeadSpec
+    backbone_state: dict
+    head_state: dict
+    epoch: int = 0
+    step: int = 0
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+    rng: dict = field(default_factory=dict)
+    metrics: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+    source: str = FORMAT
+
+    def build_backbone(self) -> torch.nn.Module:
+        """The backbone with its trained weights, in eval mode, on CPU."""
+        net = build_backbone(self.backbone_spec)
+        _load_strict(net, self.backbone_state, f"{self.path}: backbone")
+        return net.eval()
+
+    def build_head(self) -> Head:
+        """The projection head with its trained weights, in eval mode, on CPU."""
+        head = build_head(self.head_spec)
+        _load_strict(head, self.head_state, f"{self.path}: head")
+        return head.eval()
+
+    @property
+    def dataset(self) -> str | None:
+        return self.config.get("data")
+
+
+def _load_strict(module: torch.nn.Module, state: dict, what: str) -> None:
+    """load_state_dict that names missing/unexpected keys and shape mismatches in one line."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_short(unexpected)}")
+        raise UserError(f"{what}: {'; '.join(parts)}")
+    bad = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
+    if bad:
+        k = bad[0]
+        raise UserError(
+            f"{what}: shape mismatch for {k}: checkpoint {tuple(state[k].shape)}, "
+            f"model {tuple(own[k].shape)}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def _short(keys: list[str], n: int = 4) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def make_checkpoint(*, config: dict, backbone_spec: BackboneSpec, head_spec: HeadSpec,
+                    backbone: torch.nn.Module, head: torch.nn.Module, epoch: int, step: int = 0,
+                    optimizer: dict | None = None, scheduler: dict | None = None,
+                    rng: dict | None = None, metrics: list | None = None,
+                    extra: dict | None = None) -> dict:
+    """Assemble the checkpoint dict (CPU tensors, plain types) described in the module doc."""
+
+    def cpu_state(m):
+        return {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
+
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": config,
+        "model": {"backbone": dataclasses.asdict(backbone_spec), "head": head_spec.to_dict()},
+        "backbone": cpu_state(backbone),
+        "head": cpu_state(head),
+        "epoch": int(epoch),
+        "step": int(step),
+        "optimizer": _to_cpu(optimizer),
+        "scheduler": scheduler,
+        "rng": rng or {},
+        "metrics": list(metrics or []),
+        "extra": _to_cpu(extra or {}),
+    }
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
+    """Write a checkpoint dict atomically (temp file, fsync, rename)."""
+    atomic_torch_save(ckpt, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Load a repdiag checkpoint (or a supported foreign one) as a :class:`Checkpoint`.
+
+    Only tensors and plain types are unpickled. A missing, truncated or foreign
+    file raises :class:`UserError` naming the file and the problem.
+    """
+    raw = safe_torch_load(path, "checkpoint")
+    return checkpoint_from_dict(raw, str(path))
+
+
+def checkpoint_from_dict(raw: object, path: str) -> Checkpoint:
+    """Interpret a loaded object as a checkpoint; foreign layouts go to the importers."""
+    if isinstance(raw, dict) and str(raw.get("format", "")).startswith("repdiag-checkpoint"):
+        try:
+            model = raw["model"]
+            return Checkpoint(
+                path=path,
+                config=raw.get("config", {}),
+                backbone_spec=BackboneSpec(**model["backbone"]),
+                head_spec=HeadSpec.from_dict(model["head"]),
+                backbone_state=raw["backbone"],
+                head_state=raw["head"],
+                epoch=int(raw.get("epoch", 0)),
+                step=int(raw.get("step", 0)),
+                optimizer=raw.get("optimizer"),
+                scheduler=raw.get("scheduler"),
+                rng=raw.get("rng", {}),
+                metrics=raw.get("metrics", []),
+                extra=raw.get("extra", {}),
+            )
+        except (KeyError, TypeError) as e:
+            raise UserError(f"{path}: damaged repdiag checkpoint (missing or bad {e})") from None
+    from repdiag.importers import import_foreign  # foreign layouts: torchvision, solo-learn, ...
+
+    return import_foreign(raw, path)

@@ -1,0 +1,49 @@
+"""The ``repdiag`` command line: a thin layer over the library.
+
+User mistakes (:class:`repdiag.errors.UserError`, bad arguments) print one
+line on stderr and exit with code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from repdiag.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="repdiag", description=(
+        "repdiag: what is your projection head doing to your representation? "
+        "Train SimCLR/SimSiam with any head, then measure spectra, ranks, the head's "
+        "null space and probe accuracies on h, h_r, h_n and z."))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    try:  # the trainer ships in the same distribution; the library itself never imports it
+        from train.cli import add_train_parser
+    except ImportError:  # pragma: no cover - only when train/ was removed
+        add_train_parser = None
+    if add_train_parser is not None:
+        add_train_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``repdiag`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"repdiag: {e}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print("repdiag: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,239 @@
+"""Backbones and projection heads, shared by the trainer and the diagnostics.
+
+Both sides rebuild a model from a checkpoint, so the definitions live here.
+
+Backbones are torchvision ResNets with the classifier removed (``fc`` is an
+identity, so the module maps images to the pooled features h of paper G §2),
+an optional CIFAR stem (3x3 stride-1 ``conv1``, no max-pool) and a width
+multiplier for narrow CPU-sized networks. Parameter names match torchvision's,
+so plain torchvision state dicts load into them.
+
+Heads are built from a small declarative :class:`HeadSpec` rather than a class
+per variant. Every head can report the linear map the null-space analysis of
+paper G §3 (eq. 4) needs: the weight of the linear head, the first layer of an
+MLP head, or DirectCLR's coordinate selection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torchvision.models import resnet as tv_resnet
+
+from repdiag.errors import UserError
+
+BACKBONES = {
+    "resnet18": (tv_resnet.BasicBlock, (2, 2, 2, 2)),
+    "resnet34": (tv_resnet.BasicBlock, (3, 4, 6, 3)),
+    "resnet50": (tv_resnet.Bottleneck, (3, 4, 6, 3)),
+}
+HEAD_KINDS = ("none", "linear", "mlp", "directclr", "ae")
+ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+
+
+@dataclass
+class BackboneSpec:
+    """What is needed to rebuild a backbone: name, width multiplier, stem."""
+
+    name: str = "resnet18"
+    width: float = 1.0
+    cifar_stem: bool = True
+
+
+class _ResNet(tv_resnet.ResNet):
+    """torchvision's ResNet with every stage width scaled by ``width``."""
+
+    def __init__(self, block, layers, width: float):
+        nn.Module.__init__(self)
+        widths = [max(1, int(round(c * width))) for c in (64, 128, 256, 512)]
+        self._norm_layer = nn.BatchNorm2d
+        self.dilation, self.groups, self.base_width = 1, 1, 64
+        self.inplanes = widths[0]
+        self.conv1 = nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, widths[0], layers[0])
+        self.layer2 = self._make_layer(block, widths[1], layers[1], stride=2)
+        self.layer3 = self._make_layer(block, widths[2], layers[2], stride=2)
+        self.layer4 = self._make_layer(block, widths[3], layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Identity()
+        self.feature_dim = widths[3] * block.expansion
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
+def build_backbone(spec: BackboneSpec) -> nn.Module:
+    """Build a ResNet feature extractor images -> h (N, m); ``.feature_dim`` is m."""
+    if spec.name not in BACKBONES:
+        raise UserError(f"unknown backbone '{spec.name}'; known: {', '.join(BACKBONES)}")
+    if not spec.width > 0:
+        raise UserError(f"backbone width must be positive, got {spec.width}")
+    block, layers = BACKBONES[spec.name]
+    net = _ResNet(block, layers, spec.width)
+    if spec.cifar_stem:
+        net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+        net.maxpool = nn.Identity()
+    return net
+
+
+def default_cifar_stem(image_size: int) -> bool:
+    """The CIFAR stem is the default for inputs of at most 64 pixels."""
+    return image_size <= 64
+
+
+@dataclass
+class HeadSpec:
+    """Declarative description of a projection head g: h -> z.
+
+    kind: ``none`` (identity), ``linear``, ``mlp`` (Linear-[BN]-act-...-Linear),
+    ``directclr`` (z = h[:, :d0], no parameters), ``ae`` (paper S: an MLP
+    without BN whose first layer comes from an autoencoder's embedding layer).
+    ``num_layers`` counts the Linear layers of an MLP (2 as in G, 3 for the
+    usual SimSiam projector); ``last_bn`` adds a BN after the last layer
+    (SimSiam).
+    """
+
+    kind: str = "mlp"
+    in_dim: int = 2048
+    hidden_dim: int = 512
+    out_dim: int = 128
+    activation: str = "relu"
+    bias: bool = True
+    batchnorm: bool = True
+    num_layers: int = 2
+    last_bn: bool = False
+    d0: int = 360
+    init: str = "default"
+
+    def validate(self) -> None:
+        if self.kind not in HEAD_KINDS:
+            raise UserError(f"unknown head kind '{self.kind}'; known: {', '.join(HEAD_KINDS)}")
+        if self.activation not in ACTIVATIONS:
+            raise UserError(
+                f"unknown activation '{self.activation}'; known: {', '.join(ACTIVATIONS)}"
+            )
+        if self.kind in ("mlp", "ae") and self.num_layers < 2:
+            raise UserError(f"an MLP head needs num_layers >= 2, got {self.num_layers}")
+        if self.kind == "directclr" and not 0 < self.d0 <= self.in_dim:
+            raise UserError(
+                f"head.d0={self.d0} must be in 1..{self.in_dim} (the backbone feature size)"
+            )
+        for name in ("in_dim", "hidden_dim", "out_dim"):
+            if getattr(self, name) < 1:
+                raise UserError(f"head.{name} must be positive, got {getattr(self, name)}")
+        if self.init not in ("default", "glorot"):
+            raise UserError(f"unknown head init '{self.init}'; known: default, glorot")
+
+    @property
+    def output_dim(self) -> int:
+        return {"none": self.in_dim, "directclr": self.d0}.get(self.kind, self.out_dim)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HeadSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise UserError(f"unknown head fields: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+class DirectCLR(nn.Module):
+    """DirectCLR's fixed head: z is the first d0 coordinates of h."""
+
+    def __init__(self, d0: int):
+        super().__init__()
+        self.d0 = d0
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h[:, : self.d0]
+
+
+class Head(nn.Module):
+    """A projection head built from a :class:`HeadSpec`; ``self.net`` maps h -> z."""
+
+    def __init__(self, spec: HeadSpec):
+        super().__init__()
+        spec.validate()
+        self.spec = spec
+        self.net = self._build(spec)
+        if spec.init == "glorot":
+            for m in self.net.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.xavier_uniform_(m.weight)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+
+    @staticmethod
+    def _build(spec: HeadSpec) -> nn.Module:
+        if spec.kind == "none":
+            return nn.Identity()
+        if spec.kind == "directclr":
+            return DirectCLR(spec.d0)
+        if spec.kind == "linear":
+            return nn.Sequential(nn.Linear(spec.in_dim, spec.out_dim, bias=spec.bias))
+        use_bn = spec.batchnorm and spec.kind == "mlp"
+        layers: list[nn.Module] = []
+        dims = [spec.in_dim] + [spec.hidden_dim] * (spec.num_layers - 1) + [spec.out_dim]
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+            last = i == len(dims) - 2
+            layers.append(nn.Linear(a, b, bias=spec.bias))
+            if not last:
+                if use_bn:
+                    layers.append(nn.BatchNorm1d(b))
+                layers.append(ACTIVATIONS[spec.activation]())
+        if spec.last_bn:
+            layers.append(nn.BatchNorm1d(spec.out_dim, affine=False))
+        return nn.Sequential(*layers)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)
+
+    def first_linear(self) -> nn.Linear | None:
+        """The head's first nn.Linear (the map A of paper G eq. 4), or None."""
+        for m in self.net.modules():
+            if isinstance(m, nn.Linear):
+                return m
+        return None
+
+    def linear_map(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The linear map A (d x m) and bias b of the head's first affine layer.
+
+        Paper G §3 splits h = h_r + h_n with h_r = A^+ A h (eq. 4), where A is
+        the linear head or the first layer of an MLP head. DirectCLR's head is
+        the selection [I_d0 0]; the identity head gives the m x m identity.
+        """
+        first = self.first_linear()
+        if first is not None:
+            bias = first.bias.detach() if first.bias is not None else None
+            return first.weight.detach(), bias
+        m = self.spec.in_dim
+        eye = torch.eye(m)
+        if self.spec.kind == "directclr":
+            return eye[: self.spec.d0], None
+        return eye, None
+
+
+def build_head(spec: HeadSpec) -> Head:
+    """Build the projection head described by ``spec``."""
+    return Head(spec)
+
+
+@dataclass
+class ModelSpec:
+    """Backbone and head specs together, as stored in a checkpoint."""
+
+    backbone: BackboneSpec = field(default_factory=BackboneSpec)
+    head: HeadSpec = field(default_factory=HeadSpec)

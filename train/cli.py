@@ -1,0 +1,56 @@
+"""``repdiag train``: the trainer's command-line entry (also ``python -m train``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from repdiag.errors import UserError
+from train.config import list_presets, load_config, set_field, validate
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the ``train`` sub-command on a repdiag CLI sub-parser set."""
+    p = subparsers.add_parser(
+        "train", help="train SimCLR with a projection head and write checkpoints",
+        description="Train a self-supervised model and write a run folder "
+                    "(config.yaml, metrics.jsonl, checkpoints/, last.pt).")
+    add_train_arguments(p)
+    p.set_defaults(func=run_train)
+    return p
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="NAME_OR_YAML",
+                   help=f"preset name ({', '.join(list_presets())}) or a YAML file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, dotted for nested ones (head.kind=linear); "
+                        "repeatable")
+    p.add_argument("--out", metavar="DIR", help="run folder to create")
+    p.add_argument("--resume", metavar="DIR", help="continue the stopped run in DIR")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Build the config, train, print the final metrics line as JSON."""
+    from train.trainer import Trainer, config_from_checkpoint  # heavy imports only when training
+
+    if args.resume:
+        cfg = config_from_checkpoint(args.resume)
+        for item in args.overrides:
+            if "=" not in item:
+                raise UserError(f"--set expects key=value, got '{item}'")
+            key, value = item.split("=", 1)
+            set_field(cfg, key.strip(), value.strip())
+        validate(cfg)
+        out, resume = args.resume, True
+    else:
+        if not args.config:
+            raise UserError("train needs --config NAME_OR_YAML (or --resume DIR)")
+        if not args.out:
+            raise UserError("train needs --out DIR")
+        cfg = load_config(args.config, args.overrides)
+        out, resume = args.out, False
+    final = Trainer(cfg, out, quiet=args.quiet, resume=resume).run()
+    print(json.dumps({"out": str(out), **final}))
+    return 0

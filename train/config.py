@@ -1,0 +1,238 @@
+"""Typed run configuration, YAML presets and ``--set key=value`` overrides.
+
+A run is described by :class:`TrainConfig`, a tree of dataclasses. Presets are
+YAML files in ``train/presets/`` (or any YAML path) holding a partial tree;
+``--set head.kind=linear`` overrides one dotted field, with the value parsed to
+the field's declared type. Unknown keys and badly typed values are user
+errors (one line, exit code 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from repdiag.errors import UserError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass
+class HeadConfig:
+    """Projection head (see repdiag.models.HeadSpec); paper G: MLP m->512->128."""
+
+    kind: str = "mlp"
+    hidden_dim: int = 512
+    out_dim: int = 128
+    activation: str = "relu"
+    bias: bool = True
+    batchnorm: bool = True
+    num_layers: int = 2
+    d0: int = 360
+    init: str = "default"
+
+
+@dataclass
+class SchemeConfig:
+    """How the head is updated: joint backpropagation by default."""
+
+    kind: str = "joint"
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer: paper G uses Adam, lr 1e-3, weight decay 1e-6, no schedule."""
+
+    name: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    schedule: str = "none"
+    min_lr_ratio: float = 0.02
+
+
+@dataclass
+class AugmentSettings:
+    """Two-view augmentation of paper G §5 (SimCLR's, with crop scale 0.2-1)."""
+
+    crop_scale_min: float = 0.2
+    crop_scale_max: float = 1.0
+    flip_p: float = 0.5
+    jitter_strength: float = 0.4
+    jitter_hue: float = 0.1
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    blur_p: float = 0.0
+    normalize: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Defaults are paper G's (SimCLR, CIFAR-10, ResNet-50)."""
+
+    name: str = "run"
+    method: str = "simclr"
+    data: str = "cifar10"
+    data_root: str | None = None
+    data_limit: int | None = None
+    val_fraction: float = 0.1
+    backbone: str = "resnet50"
+    width: float = 1.0
+    cifar_stem: bool | None = None
+    epochs: int = 500
+    batch_size: int = 256
+    temperature: float = 0.5
+    seed: int = 0
+    device: str = "auto"
+    save_every: int = 0
+    knn_every: int = 1
+    knn_subset: int = 2000
+    knn_k: int = 200
+    head: HeadConfig = field(default_factory=HeadConfig)
+    scheme: SchemeConfig = field(default_factory=SchemeConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+METHODS = ("simclr",)
+SCHEMES = ("joint",)
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("none", "cosine")
+
+
+def list_presets() -> list[str]:
+    """Names of the shipped presets."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Build a TrainConfig from a preset name or YAML path, then apply ``key=value`` overrides."""
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+        path = PRESET_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise UserError(
+                f"unknown preset '{name_or_path}'; known: {', '.join(list_presets())} "
+                "(or give a path to a YAML file)"
+            )
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"{path}: expected a mapping of config keys at the top level")
+    cfg = from_dict(TrainConfig, tree, where=str(path))
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set expects key=value, got '{item}'")
+        key, value = item.split("=", 1)
+        set_field(cfg, key.strip(), value.strip())
+    validate(cfg)
+    return cfg
+
+
+def from_dict(cls, tree: dict, where: str = "config"):
+    """Build dataclass ``cls`` from a nested dict, checking names and types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in tree.items():
+        if key not in names:
+            raise UserError(f"{where}: unknown config key '{key}' in {cls.__name__}; "
+                            f"known: {', '.join(sorted(names))}")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, dict):
+                raise UserError(f"{where}: '{key}' must be a mapping")
+            kwargs[key] = from_dict(typ, value, where)
+        else:
+            kwargs[key] = _coerce(value, typ, key)
+    return cls(**kwargs)
+
+
+def set_field(cfg, dotted: str, raw: str) -> None:
+    """Set ``cfg.a.b = raw`` parsed to the field's type; unknown keys are user errors."""
+    obj = cfg
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        names = {f.name for f in dataclasses.fields(obj)}
+        if part not in names:
+            prefix = ".".join(parts[:i])
+            known = ", ".join(sorted((prefix + "." if prefix else "") + n for n in names))
+            raise UserError(f"unknown --set key '{dotted}'; known here: {known}")
+        typ = typing.get_type_hints(type(obj))[part]
+        if i < len(parts) - 1:
+            if not dataclasses.is_dataclass(typ):
+                raise UserError(f"unknown --set key '{dotted}': '{part}' has no sub-fields")
+            obj = getattr(obj, part)
+        else:
+            if dataclasses.is_dataclass(typ):
+                raise UserError(f"--set {dotted} needs a sub-field, e.g. {dotted}.kind=...")
+            parsed = yaml.safe_load(raw) if raw != "" else None
+            setattr(obj, part, _coerce(parsed, typ, dotted))
+
+
+def _coerce(value, typ, key: str):
+    """Check/convert a YAML-parsed value to the annotated type (int, float, bool, str, X|None)."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(typ)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{key}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UserError(f"{key}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"{key}: expected a number, got {value!r}")
+    if typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Refuse impossible settings and invalid combinations at config time."""
+    if cfg.method not in METHODS:
+        raise UserError(f"unknown method '{cfg.method}'; known: {', '.join(METHODS)}")
+    if cfg.scheme.kind not in SCHEMES:
+        raise UserError(f"unknown scheme '{cfg.scheme.kind}'; known: {', '.join(SCHEMES)}")
+    if cfg.optim.name not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer '{cfg.optim.name}'; known: {', '.join(OPTIMIZERS)}")
+    if cfg.optim.schedule not in SCHEDULES:
+        raise UserError(f"unknown schedule '{cfg.optim.schedule}'; known: {', '.join(SCHEDULES)}")
+    for name in ("epochs", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.batch_size < 2:
+        raise UserError("batch_size must be at least 2 (NT-Xent needs negatives)")
+    if cfg.save_every < 0 or cfg.knn_every < 0:
+        raise UserError("save_every and knn_every must be >= 0 (0 turns them off)")
+    if not cfg.temperature > 0:
+        raise UserError(f"temperature must be positive, got {cfg.temperature}")
+    if not 0 <= cfg.val_fraction < 1:
+        raise UserError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
+    if cfg.device not in ("auto", "cpu") and not cfg.device.startswith(("cuda", "mps")):
+        raise UserError(f"unknown device '{cfg.device}'; use auto, cpu, cuda or cuda:N")

@@ -1,0 +1,246 @@
+"""The training loop: data, two views, scheme step, metrics, checkpoints, resume.
+
+A run folder holds ``config.yaml``, ``metrics.jsonl`` (one JSON line per
+epoch), ``checkpoints/epoch_NNN.pt`` (every ``save_every`` epochs; epoch 000 is
+the untrained model) and ``last.pt``. Randomness per epoch comes from a
+generator seeded by (seed, epoch), so a run stopped after epoch k and resumed
+gives the same tensors as an uninterrupted run on the same device.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from repdiag.augment import AugmentConfig, two_views
+from repdiag.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint
+from repdiag.data import load_dataset
+from repdiag.errors import UserError
+from repdiag.models import BackboneSpec, HeadSpec, build_backbone, build_head, default_cifar_stem
+from train.config import TrainConfig, from_dict, validate
+from train.monitor import knn_monitor
+from train.schemes import build_scheme
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, CPU otherwise."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def augment_config(cfg: TrainConfig, image_size: int) -> AugmentConfig:
+    """The augmentation of paper G §5 with the run's settings."""
+    a = cfg.augment
+    s = a.jitter_strength
+    mean = (0.5, 0.5, 0.5) if a.normalize else None
+    std = (0.5, 0.5, 0.5) if a.normalize else None
+    return AugmentConfig(
+        crop_scale=(a.crop_scale_min, a.crop_scale_max),
+        flip_p=a.flip_p,
+        jitter=(s, s, s, a.jitter_hue),
+        jitter_p=a.jitter_p,
+        gray_p=a.gray_p,
+        blur_p=a.blur_p,
+        size=image_size,
+        mean=mean,
+        std=std,
+    )
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The CPU generator that drives shuffling and augmentation in ``epoch``."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+class Trainer:
+    """Trains one run of ``cfg`` into ``out_dir``; ``resume=True`` continues ``out_dir/last.pt``."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | os.PathLike, *, quiet: bool = False,
+                 resume: bool = False):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.quiet = quiet
+        self.device = resolve_device(cfg.device)
+        self._prepare_out_dir(resume)
+        self.data = load_dataset(cfg.data, root=cfg.data_root, val_fraction=cfg.val_fraction,
+                                 seed=cfg.seed, limit=cfg.data_limit)
+        if len(self.data.train) < 2:
+            raise UserError(f"dataset '{cfg.data}' has fewer than 2 training images")
+        self.image_size = int(self.data.train.images.shape[-1])
+        cifar_stem = cfg.cifar_stem if cfg.cifar_stem is not None else default_cifar_stem(
+            self.image_size)
+        self.backbone_spec = BackboneSpec(cfg.backbone, cfg.width, cifar_stem)
+        torch.manual_seed(cfg.seed)
+        self.backbone = build_backbone(self.backbone_spec)
+        h = cfg.head
+        self.head_spec = HeadSpec(kind=h.kind, in_dim=self.backbone.feature_dim,
+                                  hidden_dim=h.hidden_dim, out_dim=h.out_dim,
+                                  activation=h.activation, bias=h.bias, batchnorm=h.batchnorm,
+                                  num_layers=h.num_layers, d0=h.d0, init=h.init)
+        self.head = build_head(self.head_spec)
+        self.backbone.to(self.device)
+        self.head.to(self.device)
+        self.aug = augment_config(cfg, self.image_size)
+        self.scheme = build_scheme(cfg, self.backbone, self.head)
+        self.steps_per_epoch = max(1, len(self.data.train) // cfg.batch_size)
+        self.scheduler = self._build_scheduler()
+        self.epoch = 0
+        self.step = 0
+        self.metrics: list[dict] = []
+        if resume:
+            self._restore(self.out / "last.pt")
+
+    # ------------------------------------------------------------------ set-up
+    def _prepare_out_dir(self, resume: bool) -> None:
+        try:
+            (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+            probe = self.out / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise UserError(f"cannot write to --out {self.out}: {e.strerror or e}") from None
+        if resume and not (self.out / "last.pt").exists():
+            raise UserError(f"{self.out}: nothing to resume (no last.pt)")
+        if not resume and (self.out / "last.pt").exists():
+            raise UserError(f"{self.out} already holds a run; use --resume {self.out} "
+                            "or another --out")
+
+    def _build_scheduler(self):
+        o = self.cfg.optim
+        if o.schedule == "none":
+            return None
+        total = self.cfg.epochs * self.steps_per_epoch
+
+        def cosine(step: int) -> float:
+            t = min(step, total) / max(1, total)
+            return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+        return torch.optim.lr_scheduler.LambdaLR(self.scheme.optimizer, cosine)
+
+    def _restore(self, path: Path) -> None:
+        ck = load_checkpoint(path)
+        self.backbone.load_state_dict(ck.backbone_state)
+        self.head.load_state_dict(ck.head_state)
+        if ck.optimizer is not None:
+            self.scheme.optimizer.load_state_dict(ck.optimizer)
+        if self.scheduler is not None and ck.scheduler is not None:
+            self.scheduler.load_state_dict(ck.scheduler)
+        self.scheme.load_extra(ck.extra)
+        self.epoch, self.step, self.metrics = ck.epoch, ck.step, list(ck.metrics)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> dict:
+        """Train from the current epoch to ``cfg.epochs``; returns the last metrics line."""
+        self._write_config()
+        self._rewrite_metrics()
+        if self.epoch == 0 and self.cfg.save_every:
+            self._save(self.out / "checkpoints" / "epoch_000.pt")
+        while self.epoch < self.cfg.epochs:
+            line = self._train_epoch(self.epoch + 1)
+            self.epoch += 1
+            self.scheme.on_epoch_end(self)
+            self.metrics.append(line)
+            self._append_metrics(line)
+            if self.cfg.save_every and self.epoch % self.cfg.save_every == 0:
+                self._save(self.out / "checkpoints" / f"epoch_{self.epoch:03d}.pt")
+            self._save(self.out / "last.pt")
+            if not self.quiet:
+                tqdm.write(format_metrics(line))
+        return self.metrics[-1] if self.metrics else {}
+
+    def _epoch_loader(self, epoch: int):
+        """Yield (view1, view2) batches for ``epoch`` from its own seeded generator."""
+        gen = epoch_generator(self.cfg.seed, epoch)
+        images = self.data.train.images
+        n, bs = len(images), min(self.cfg.batch_size, len(images))
+        perm = torch.randperm(n, generator=gen)
+        for i in range(self.steps_per_epoch):
+            idx = perm[i * bs:(i + 1) * bs]
+            x = images[idx].to(self.device, non_blocking=True)
+            v1, v2 = two_views(x, self.aug, generator=gen)
+            yield v1, v2
+
+    def _train_epoch(self, epoch: int) -> dict:
+        self.backbone.train()
+        self.head.train()
+        t0 = time.perf_counter()
+        total, count = 0.0, 0
+        bar = tqdm(self._epoch_loader(epoch), total=self.steps_per_epoch, disable=self.quiet,
+                   desc=f"epoch {epoch}/{self.cfg.epochs}", leave=False, dynamic_ncols=True)
+        for v1, v2 in bar:
+            loss = self.scheme.train_step(v1, v2)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss} at epoch {epoch}, step {self.step}")
+            if self.scheduler is not None:
+                self.scheduler.step()
+            self.step += 1
+            total += loss * v1.shape[0]
+            count += v1.shape[0]
+            bar.set_postfix(loss=f"{loss:.4f}")
+        seconds = time.perf_counter() - t0
+        line = {
+            "epoch": epoch,
+            "loss": total / max(1, count),
+            "lr": self.scheme.optimizer.param_groups[0]["lr"],
+            "seconds": seconds,
+            "images_per_s": count / seconds if seconds > 0 else float("nan"),
+        }
+        if self.cfg.knn_every and (epoch % self.cfg.knn_every == 0 or epoch == self.cfg.epochs):
+            line.update(knn_monitor(self.backbone, self.data, self.cfg, self.device))
+        return line
+
+    # ------------------------------------------------------------------ output
+    def _save(self, path: Path) -> None:
+        extra = {"scheme": self.cfg.scheme.kind, **self.scheme.extra_state()}
+        ck = make_checkpoint(
+            config=self.cfg.to_dict(), backbone_spec=self.backbone_spec,
+            head_spec=self.head_spec, backbone=self.backbone, head=self.head, epoch=self.epoch,
+            step=self.step, optimizer=self.scheme.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
+            rng={"torch": torch.get_rng_state()}, metrics=self.metrics, extra=extra)
+        atomic_torch_save(ck, path)
+
+    def _write_config(self) -> None:
+        text = yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
+        tmp = self.out / ".config.yaml.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, self.out / "config.yaml")
+
+    def _rewrite_metrics(self) -> None:
+        """metrics.jsonl holds exactly the epochs in the checkpoint (drops a lost epoch)."""
+        tmp = self.out / ".metrics.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(m) + "\n" for m in self.metrics))
+        os.replace(tmp, self.out / "metrics.jsonl")
+
+    def _append_metrics(self, line: dict) -> None:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+
+
+def format_metrics(line: dict) -> str:
+    """One human-readable progress line for an epoch's metrics."""
+    parts = [f"epoch {line['epoch']}", f"loss {line['loss']:.4f}",
+             f"{line['seconds']:.1f} s", f"{line['images_per_s']:.0f} img/s"]
+    if "knn_val" in line:
+        parts.append(f"kNN(val) {100 * line['knn_val']:.2f}%")
+    return " | ".join(parts)
+
+
+def config_from_checkpoint(out_dir: str | os.PathLike) -> TrainConfig:
+    """The TrainConfig stored in ``out_dir/last.pt`` (for ``--resume``)."""
+    ck = load_checkpoint(Path(out_dir) / "last.pt")
+    cfg = from_dict(TrainConfig, ck.config, where=str(Path(out_dir) / "last.pt"))
+    validate(cfg)
+    return cfg
+
