@@ -1,0 +1,254 @@
+"""Feature extraction and feature files: what every diagnostic reads.
+
+``extract(checkpoint, data, split)`` runs the backbone (eval mode, no
+augmentation, batched, no grad) and the head over one split and returns a
+:class:`FeatureSet` (h, z, labels and the head's linear map A, b). Results are
+cached on disk under a key hashing the checkpoint's bytes, the dataset, the
+split and the transform, so a second call reads the cache.
+
+A **feature file** lets users diagnose features from anywhere. It is a torch
+file loadable with ``weights_only=True``::
+
+    {"train": {"h": (N, m), "z": (N, d), "y": (N,)},
+     "test":  {"h": ..., "z": ..., "y": ...},
+     "head":  {"weight": (d', m), "bias": (d',)}}
+
+``z`` and ``head`` are optional (and ``bias`` within ``head``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from repdiag.augment import eval_transform
+from repdiag.checkpoint import Checkpoint, atomic_torch_save, load_checkpoint, safe_torch_load
+from repdiag.errors import UserError
+
+CACHE_VERSION = 1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class FeatureSet:
+    """Features of one split: backbone output h, head output z, labels y, head map A, b."""
+
+    h: torch.Tensor
+    y: torch.Tensor
+    z: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    split: str = "test"
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.h.shape[0])
+
+
+@dataclass
+class FeatureBundle:
+    """Train and test FeatureSets of one model (what probes need), plus the head map."""
+
+    train: FeatureSet
+    test: FeatureSet
+    source: str = ""
+
+    @property
+    def weight(self) -> torch.Tensor | None:
+        return self.test.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.test.bias
+
+    @property
+    def has_z(self) -> bool:
+        return self.train.z is not None and self.test.z is not None
+
+
+def _file_digest(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Where extracted features are cached (``$REPDIAG_CACHE`` or ~/.cache/repdiag/features)."""
+    root = os.environ.get("REPDIAG_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "repdiag" / "features"
+
+
+def _normalization(ck: Checkpoint, normalize: str) -> tuple[tuple | None, tuple | None]:
+    if normalize == "none":
+        return None, None
+    if normalize == "imagenet":
+        return IMAGENET_MEAN, IMAGENET_STD
+    if normalize != "auto":
+        raise UserError(f"unknown normalize '{normalize}'; use auto, none or imagenet")
+    if ck.source != "repdiag-checkpoint":
+        return IMAGENET_MEAN, IMAGENET_STD
+    if ck.config.get("augment", {}).get("normalize"):
+        return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    return None, None
+
+
+@torch.no_grad()
+def extract(checkpoint: str | os.PathLike | Checkpoint, data: str | None = None,
+            split: str = "test", *, device: str | torch.device = "cpu", batch_size: int = 512,
+            normalize: str = "auto", data_root: str | None = None, cache: bool = True,
+            limit: int | None = None, dataset=None) -> FeatureSet:
+    """Backbone features h and head outputs z of one dataset split (DESIGN.md data flow).
+
+    ``data`` defaults to the dataset recorded in the checkpoint's config.
+    ``dataset`` may pass an already loaded :class:`repdiag.data.Dataset`.
+    Eval mode, no augmentation, batched, no grad; cached on disk.
+    """
+    from repdiag.data import load_dataset
+
+    ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    name = data or ck.dataset
+    if not name:
+        raise UserError(f"{ck.path}: no dataset recorded in the checkpoint; pass --data NAME")
+    mean, std = _normalization(ck, normalize)
+    cfg = ck.config
+    seed = int(cfg.get("seed", 0))
+    val_fraction = float(cfg.get("val_fraction", 0.1))
+    key = None
+    if cache and os.path.isfile(ck.path):
+        parts = [CACHE_VERSION, _file_digest(ck.path), name, data_root, split, seed, val_fraction,
+                 limit, mean, std]
+        key = hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
+        hit = cache_dir() / f"{key}.pt"
+        if hit.exists():
+            try:
+                return _featureset_from_dict(safe_torch_load(hit, "feature cache"), split)
+            except UserError:
+                pass  # a damaged cache entry is recomputed below
+    ds = dataset or load_dataset(name, root=data_root or cfg.get("data_root"), seed=seed,
+                                 val_fraction=val_fraction, limit=limit)
+    part = ds.split(split)
+    if len(part) == 0:
+        raise UserError(f"dataset '{name}' split '{split}' is empty")
+    dev = torch.device(device)
+    backbone = ck.build_backbone().to(dev)
+    head = ck.build_head().to(dev)
+    hs, zs = [], []
+    for i in range(0, len(part), batch_size):
+        x = eval_transform(part.images[i:i + batch_size].to(dev), mean=mean, std=std)
+        h = backbone(x)
+        hs.append(h.float().cpu())
+        zs.append(head(h).float().cpu())
+    weight, bias = head.linear_map()
+    fs = FeatureSet(h=torch.cat(hs), z=torch.cat(zs), y=part.labels.clone(),
+                    weight=weight.float().cpu(), bias=None if bias is None else bias.float().cpu(),
+                    split=split, meta={"checkpoint": str(ck.path), "data": name})
+    if key is not None:
+        try:
+            atomic_torch_save(_featureset_to_dict(fs), cache_dir() / f"{key}.pt")
+        except OSError:
+            pass  # an unwritable cache only costs time
+    return fs
+
+
+def extract_bundle(checkpoint, data: str | None = None, *, train_split: str = "train",
+                   test_split: str = "test", **kw) -> FeatureBundle:
+    """Train and test features of one checkpoint (the dataset is loaded once)."""
+    ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    train = extract(ck, data, train_split, **kw)
+    test = extract(ck, data, test_split, **kw)
+    return FeatureBundle(train=train, test=test, source=str(ck.path))
+
+
+def _featureset_to_dict(fs: FeatureSet) -> dict:
+    d = {"h": fs.h, "y": fs.y}
+    if fs.z is not None:
+        d["z"] = fs.z
+    if fs.weight is not None:
+        d["head"] = {"weight": fs.weight, **({"bias": fs.bias} if fs.bias is not None else {})}
+    return d
+
+
+def _featureset_from_dict(d: dict, split: str, head: dict | None = None,
+                          where: str = "features") -> FeatureSet:
+    if not isinstance(d, dict) or "h" not in d or "y" not in d:
+        raise UserError(f"{where}: split '{split}' needs tensors 'h' and 'y'")
+    head = head if head is not None else d.get("head")
+    h, y, z = d["h"], d["y"], d.get("z")
+    for name, t in (("h", h), ("y", y), ("z", z)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise UserError(f"{where}: {split}.{name} is not a tensor")
+    if h.ndim != 2:
+        raise UserError(f"{where}: {split}.h must be 2-D (N, m), got shape {tuple(h.shape)}")
+    if y.ndim != 1 or len(y) != len(h):
+        raise UserError(f"{where}: {split}.y must have shape ({len(h)},), got {tuple(y.shape)}")
+    if z is not None and (z.ndim != 2 or len(z) != len(h)):
+        raise UserError(f"{where}: {split}.z must be 2-D with {len(h)} rows, got {tuple(z.shape)}")
+    for name, t in (("h", h), ("z", z)):
+        if t is not None and not torch.isfinite(t).all():
+            raise UserError(f"{where}: {split}.{name} contains NaN or infinite values")
+    weight = bias = None
+    if head:
+        weight, bias = head.get("weight"), head.get("bias")
+        if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or weight.shape[1] != h.shape[1]:
+            shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else None
+            raise UserError(f"{where}: head.weight must be (d, {h.shape[1]}) to match h, "
+                            f"got {shape}")
+    return FeatureSet(h=h.float(), y=y.long(), z=None if z is None else z.float(),
+                      weight=None if weight is None else weight.float(),
+                      bias=None if bias is None else bias.float(), split=split)
+
+
+def save_features(path: str | os.PathLike, train: FeatureSet, test: FeatureSet) -> None:
+    """Write a feature file (format in the module docstring), atomically."""
+    out = {"train": {k: v for k, v in _featureset_to_dict(train).items() if k != "head"},
+           "test": {k: v for k, v in _featureset_to_dict(test).items() if k != "head"}}
+    src = test if test.weight is not None else train
+    if src.weight is not None:
+        out["head"] = {"weight": src.weight}
+        if src.bias is not None:
+            out["head"]["bias"] = src.bias
+    atomic_torch_save(out, path)
+
+
+def load_features(path: str | os.PathLike) -> FeatureBundle:
+    """Read a feature file; wrong shapes or NaN features give a one-line UserError."""
+    return features_from_dict(safe_torch_load(path, "feature file"), str(path))
+
+
+def features_from_dict(raw: object, path: str) -> FeatureBundle:
+    """Validate a loaded feature-file dict and build the FeatureBundle."""
+    if not isinstance(raw, dict) or "train" not in raw or "test" not in raw:
+        raise UserError(f"{path}: not a feature file (needs 'train' and 'test' entries)")
+    head = raw.get("head")
+    train = _featureset_from_dict(raw["train"], "train", head or {}, str(path))
+    test = _featureset_from_dict(raw["test"], "test", head or {}, str(path))
+    if train.h.shape[1] != test.h.shape[1]:
+        raise UserError(f"{path}: train.h has {train.h.shape[1]} columns, test.h "
+                        f"{test.h.shape[1]}")
+    if (train.z is None) != (test.z is None) or (
+            train.z is not None and train.z.shape[1] != test.z.shape[1]):
+        raise UserError(f"{path}: train.z and test.z must both be present with equal widths")
+    return FeatureBundle(train=train, test=test, source=str(path))
+
+
+def is_feature_file(raw: object) -> bool:
+    """True for a loaded dict in feature-file layout."""
+    return isinstance(raw, dict) and "train" in raw and "test" in raw and "format" not in raw
+
+
+def load_any(path: str | os.PathLike, data: str | None = None, **kw) -> FeatureBundle:
+    """A FeatureBundle from a feature file or a checkpoint (extracting features)."""
+    raw = safe_torch_load(path, "checkpoint or feature file")
+    if is_feature_file(raw):
+        return features_from_dict(raw, str(path))
+    from repdiag.checkpoint import checkpoint_from_dict
+
+    ck = checkpoint_from_dict(raw, str(path))
+    return extract_bundle(ck, data, **kw)

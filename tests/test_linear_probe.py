@@ -1,0 +1,117 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from repdiag.diagnostics import linear_probe
+from repdiag.errors import UserError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny problems: thread start-up dominates, and a shared busy machine makes it worse
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _clusters(n_train=1000, n_test=1000, m=30, c=5, seed=0, sep=0.6):
+    g = torch.Generator().manual_seed(seed)
+    centers = sep * torch.randn(c, m, generator=g)
+    scale = torch.linspace(0.5, 3.0, m)
+    ytr = torch.randint(0, c, (n_train,), generator=g)
+    yte = torch.randint(0, c, (n_test,), generator=g)
+    xtr = (centers[ytr] + torch.randn(n_train, m, generator=g) * scale) * 5 + 2
+    xte = (centers[yte] + torch.randn(n_test, m, generator=g) * scale) * 5 + 2
+    return xtr, ytr, xte, yte
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fast_matches_sklearn_logistic_regression(seed):
+    xtr, ytr, xte, yte = _clusters(seed=seed)
+    res = linear_probe(xtr, ytr, xte, yte)
+    mu, sd = xtr.mean(0).numpy(), xtr.std(0, unbiased=False).numpy()
+    sk = LogisticRegression(C=1.0, max_iter=1000).fit((xtr.numpy() - mu) / sd, ytr.numpy())
+    pred = sk.predict((xte.numpy() - mu) / sd)
+    sk_acc = float((pred == yte.numpy()).mean())
+    assert 0.6 < sk_acc < 0.99  # a non-trivial problem
+    assert abs(res.accuracy - sk_acc) <= 0.01
+    assert (res.predictions.numpy() == pred).mean() >= 0.99
+    assert res.protocol["preset"] == "fast" and res.protocol["C"] == 1.0
+    assert res.n_train == 1000 and res.n_test == 1000
+    # a different C moves both the same way
+    res10 = linear_probe(xtr, ytr, xte, yte, C=0.01)
+    sk10 = LogisticRegression(C=0.01, max_iter=1000).fit((xtr.numpy() - mu) / sd, ytr.numpy())
+    assert abs(res10.accuracy - float((sk10.predict((xte.numpy() - mu) / sd) == yte.numpy()).mean())) <= 0.01
+
+
+def test_fast_is_deterministic_and_reports_val():
+    xtr, ytr, xte, yte = _clusters(n_train=300, n_test=200)
+    a = linear_probe(xtr, ytr, xte, yte, val_x=xte[:50], val_y=yte[:50])
+    b = linear_probe(xtr.numpy(), ytr.numpy(), xte.numpy(), yte.numpy())
+    assert torch.equal(a.predictions, b.predictions)
+    assert a.n_val == 50 and 0.0 <= a.details["val_accuracy"] <= 1.0
+    d = a.to_dict()
+    json.dumps(d)
+    assert "predictions" not in d
+
+
+def test_g_preset_short_run():
+    xtr, ytr, xte, yte = _clusters(n_train=600, n_test=300, sep=2.0)
+    xtr, xte = (xtr - 2) / 5, (xte - 2) / 5  # raw features (no standardisation in "g")
+    a = linear_probe(xtr, ytr, xte, yte, preset="g", epochs=10, seed=1)
+    b = linear_probe(xtr, ytr, xte, yte, preset="g", epochs=10, seed=1)
+    assert torch.equal(a.predictions, b.predictions)  # same seed, same numbers
+    assert a.accuracy > 0.5  # chance is 0.2
+    p = a.protocol
+    assert (p["preset"], p["epochs"], p["lr"], p["weight_decay"], p["batch_size"]) == \
+        ("g", 10, 1e-3, 1e-6, 256)
+    assert p["selection"] == "last epoch"
+    assert a.protocol["standardize"] is False
+
+
+def test_s_preset_uses_test_split_only():
+    _, _, xte, yte = _clusters(n_train=10, n_test=500, sep=2.0)
+    xte = (xte - 2) / 5
+    res = linear_probe(None, None, xte, yte, preset="s", epochs=30)
+    assert res.accuracy > 0.8  # chance is 0.2
+    assert (res.n_train, res.n_val, res.n_test) == (350, 50, 100)
+    assert res.predictions.shape == (100,)
+    p = res.protocol
+    assert (p["batch_size"], p["lr"], p["momentum"], p["weight_decay"]) == (32, 1e-3, 0.0, 0.0)
+    assert p["selection"] == "best validation loss"
+    losses = res.details["val_losses"]
+    assert len(losses) == 30 and res.details["best_epoch"] == int(np.argmin(losses))
+    assert res.details["best_val_loss"] == min(losses)
+    json.dumps(res.to_dict())
+    with pytest.raises(UserError, match="val_x"):
+        linear_probe(None, None, xte, yte, preset="s", epochs=1, val_x=xte, val_y=yte)
+
+
+def test_errors():
+    xtr, ytr, xte, yte = _clusters(n_train=50, n_test=20)
+    with pytest.raises(UserError, match="unknown linear-probe preset"):
+        linear_probe(xtr, ytr, xte, yte, preset="sgd")
+    with pytest.raises(UserError, match="does not apply"):
+        linear_probe(xtr, ytr, xte, yte, preset="g", C=2.0)
+    with pytest.raises(UserError, match="features"):
+        linear_probe(xtr, ytr, xte[:, :4], yte)
+    with pytest.raises(UserError, match="labels"):
+        linear_probe(xtr, ytr[:10], xte, yte)
+    bad = xtr.clone()
+    bad[3, 3] = float("inf")
+    with pytest.raises(UserError, match="NaN or inf"):
+        linear_probe(bad, ytr, xte, yte)
+    with pytest.raises(UserError, match="epochs"):
+        linear_probe(xtr, ytr, xte, yte, preset="g", epochs=0)
+
+
+def test_sklearn_reference_is_what_we_think():
+    # guard: sklearn's objective is ½‖W‖²/C + Σ log-loss, i.e. ours times N
+    x = np.random.default_rng(0).standard_normal((50, 3))
+    y = np.arange(50) % 3
+    assert LogisticRegression().get_params()["C"] == 1.0
+    assert LogisticRegression().fit(x, y).coef_.shape == (3, 3)  # full multinomial W
