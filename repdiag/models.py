@@ -17,6 +17,7 @@ MLP head, or DirectCLR's coordinate selection.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass, field
 
 import torch
@@ -142,7 +143,7 @@ class HeadSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "HeadSpec":
+    def from_dict(cls, d: dict) -> HeadSpec:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -187,7 +188,7 @@ class Head(nn.Module):
         use_bn = spec.batchnorm and spec.kind == "mlp"
         layers: list[nn.Module] = []
         dims = [spec.in_dim] + [spec.hidden_dim] * (spec.num_layers - 1) + [spec.out_dim]
-        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(dims)):
             last = i == len(dims) - 2
             layers.append(nn.Linear(a, b, bias=spec.bias))
             if not last:

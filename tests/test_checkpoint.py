@@ -7,8 +7,7 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from repdiag.checkpoint import (atomic_torch_save, load_checkpoint, make_checkpoint,
-                                save_checkpoint)
+from repdiag.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint, save_checkpoint
 from repdiag.errors import UserError
 from repdiag.models import BackboneSpec, HeadSpec, build_backbone, build_head
 
