@@ -71,19 +71,35 @@ def safe_torch_load(path: str | os.PathLike, what: str = "file") -> object:
         raise UserError(f"{path}: no such {what}")
     if path.is_dir():
         raise UserError(f"{path}: is a directory, expected a {what}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
+        raise UserError(f"{path}: not a torch file (neither a torch.save zip archive nor a pickle)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported" in str(e) or "global" in str(e).lower():
+        first = _first_line(e)
+        if "Unsupported global" in str(e) or "GLOBAL" in str(e) or "not an allowed global" in str(e):
             raise UserError(
                 f"{path}: refused, the file holds pickled objects that could run code "
-                f"(only tensors and plain types are loaded): {first[:160]}"
+                f"(only tensors and plain types are loaded): {_unsupported(e) or first}"
             ) from None
-        raise UserError(f"{path}: not a readable torch file ({first[:160]})") from None
+        raise UserError(f"{path}: not a readable torch file ({first})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: truncated or not a torch file ({msg[:160]})") from None
+        raise UserError(f"{path}: truncated or not a torch file ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]
+
+
+def _unsupported(e: BaseException) -> str:
+    """The 'Unsupported global: GLOBAL x.y' line of a weights_only refusal, if any."""
+    for line in str(e).splitlines():
+        if "Unsupported global" in line or "GLOBAL" in line:
+            return line.strip()[:160]
+    return ""
 
 
 @dataclass

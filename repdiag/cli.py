@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_train_parser = None
     if add_train_parser is not None:
         add_train_parser(sub)
+    from repdiag.commands import add_diagnostic_parsers
+
+    add_diagnostic_parsers(sub)
     return parser
 
 

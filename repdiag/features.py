@@ -99,6 +99,19 @@ def _normalization(ck: Checkpoint, normalize: str) -> tuple[tuple | None, tuple 
     return None, None
 
 
+def dataset_for(ck: Checkpoint, data: str | None = None, data_root: str | None = None,
+                limit: int | None = None):
+    """The dataset a checkpoint was trained on (or ``data``), split with the run's seed."""
+    from repdiag.data import load_dataset
+
+    name = data or ck.dataset
+    if not name:
+        raise UserError(f"{ck.path}: no dataset recorded in the checkpoint; pass --data NAME")
+    cfg = ck.config
+    return load_dataset(name, root=data_root or cfg.get("data_root"), seed=int(cfg.get("seed", 0)),
+                        val_fraction=float(cfg.get("val_fraction", 0.1)), limit=limit)
+
+
 @torch.no_grad()
 def extract(checkpoint: str | os.PathLike | Checkpoint, data: str | None = None,
             split: str = "test", *, device: str | torch.device = "cpu", batch_size: int = 512,
@@ -107,11 +120,10 @@ def extract(checkpoint: str | os.PathLike | Checkpoint, data: str | None = None,
     """Backbone features h and head outputs z of one dataset split (DESIGN.md data flow).
 
     ``data`` defaults to the dataset recorded in the checkpoint's config.
-    ``dataset`` may pass an already loaded :class:`repdiag.data.Dataset`.
+    ``dataset`` may pass an already loaded :class:`repdiag.data.Dataset` (or a
+    callable returning one, called only when the cache misses).
     Eval mode, no augmentation, batched, no grad; cached on disk.
     """
-    from repdiag.data import load_dataset
-
     ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     name = data or ck.dataset
     if not name:
@@ -131,8 +143,9 @@ def extract(checkpoint: str | os.PathLike | Checkpoint, data: str | None = None,
                 return _featureset_from_dict(safe_torch_load(hit, "feature cache"), split)
             except UserError:
                 pass  # a damaged cache entry is recomputed below
-    ds = dataset or load_dataset(name, root=data_root or cfg.get("data_root"), seed=seed,
-                                 val_fraction=val_fraction, limit=limit)
+    if callable(dataset):
+        dataset = dataset()
+    ds = dataset or dataset_for(ck, name, data_root, limit)
     part = ds.split(split)
     if len(part) == 0:
         raise UserError(f"dataset '{name}' split '{split}' is empty")
@@ -243,12 +256,44 @@ def is_feature_file(raw: object) -> bool:
     return isinstance(raw, dict) and "train" in raw and "test" in raw and "format" not in raw
 
 
-def load_any(path: str | os.PathLike, data: str | None = None, **kw) -> FeatureBundle:
-    """A FeatureBundle from a feature file or a checkpoint (extracting features)."""
-    raw = safe_torch_load(path, "checkpoint or feature file")
-    if is_feature_file(raw):
-        return features_from_dict(raw, str(path))
-    from repdiag.checkpoint import checkpoint_from_dict
+class FeatureSource:
+    """Features of one model by split, from a feature file or a checkpoint (extracted lazily).
 
-    ck = checkpoint_from_dict(raw, str(path))
-    return extract_bundle(ck, data, **kw)
+    ``get(split)`` returns a :class:`FeatureSet`; a checkpoint's splits are
+    extracted on first use (and cached on disk by :func:`extract`).
+    """
+
+    def __init__(self, path: str | os.PathLike, data: str | None = None, **extract_kw):
+        self.path = str(path)
+        self.name = Path(path).name
+        raw = safe_torch_load(path, "checkpoint or feature file")
+        self._sets: dict[str, FeatureSet] = {}
+        self.checkpoint: Checkpoint | None = None
+        if is_feature_file(raw):
+            bundle = features_from_dict(raw, self.path)
+            self._sets = {"train": bundle.train, "test": bundle.test}
+        else:
+            from repdiag.checkpoint import checkpoint_from_dict
+
+            self.checkpoint = checkpoint_from_dict(raw, self.path)
+        self.data = data
+        self.extract_kw = extract_kw
+        self._dataset = None
+
+    def _load_dataset(self):
+        """The dataset, loaded once for all splits (only when a split is not cached)."""
+        if self._dataset is None:
+            self._dataset = dataset_for(self.checkpoint, self.data,
+                                        self.extract_kw.get("data_root"),
+                                        self.extract_kw.get("limit"))
+        return self._dataset
+
+    def get(self, split: str) -> FeatureSet:
+        """The features of ``split`` (train, val or test)."""
+        if split not in self._sets:
+            if self.checkpoint is None:
+                raise UserError(f"{self.path}: a feature file holds only the splits "
+                                f"{', '.join(self._sets)}; no '{split}'")
+            self._sets[split] = extract(self.checkpoint, self.data, split,
+                                        dataset=self._load_dataset, **self.extract_kw)
+        return self._sets[split]

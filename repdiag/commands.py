@@ -1,0 +1,229 @@
+"""The diagnostic sub-commands: ``repdiag spectrum|rank|nullspace|probe|tsne F...``.
+
+Each takes checkpoints or feature files, calls one report of
+:mod:`repdiag.diagnose`, prints an aligned table (or ``--json``) and, with
+``--out DIR``, writes the matching figure as PNG and PDF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from repdiag import diagnose
+from repdiag.errors import UserError
+from repdiag.features import FeatureSource
+
+
+def add_diagnostic_parsers(sub) -> None:
+    """Register the diagnostic sub-commands on the repdiag CLI."""
+    specs = {
+        "spectrum": ("covariance eigen-spectrum of h and z (paper G Fig. 2a/b)", run_spectrum),
+        "rank": ("numerical and effective rank of h and z, rank deficit (G Fig. 2c)", run_rank),
+        "nullspace": ("range/null-space split of h under the head, probes on h, h_r, h_n, z "
+                      "(G eq. 4, Fig. 4)", run_nullspace),
+        "probe": ("kNN or linear probe accuracy on chosen features", run_probe),
+        "tsne": ("t-SNE map of chosen features, coloured by class", run_tsne),
+    }
+    for name, (help_text, func) in specs.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("inputs", nargs="+", metavar="CKPT_OR_FEATURES",
+                       help="repdiag/torchvision/solo-learn/lightly checkpoints or feature files")
+        p.add_argument("--data", help="dataset name (default: the one in the checkpoint)")
+        p.add_argument("--data-root", help="folder holding the dataset")
+        p.add_argument("--limit", type=int, help="cap each split at this many images")
+        p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (feature extraction)")
+        p.add_argument("--normalize", default="auto", choices=("auto", "none", "imagenet"),
+                       help="input normalisation for extraction (auto: from the checkpoint)")
+        p.add_argument("--no-cache", action="store_true", help="do not read/write the feature cache")
+        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        p.add_argument("--out", metavar="DIR", help="write figures (PNG and PDF) into DIR")
+        if name in ("spectrum", "rank", "tsne"):
+            p.add_argument("--split", default="test", help="train, val or test (default test)")
+        if name in ("probe", "nullspace"):
+            p.add_argument("--probe", default="knn", help="knn or linear (default knn)")
+            p.add_argument("--preset", help="probe protocol preset: knn g|lightly|solo|solo-cosine, "
+                                            "linear fast|g|s")
+            p.add_argument("--seed", type=int, default=0)
+        if name in ("probe", "tsne"):
+            p.add_argument("--on", default="h,z", help="comma list of h, h_r, h_n, z")
+        if name == "spectrum":
+            p.add_argument("--l2", action="store_true",
+                           help="L2-normalise rows first (DirectCLR's collapse plot)")
+        if name == "rank":
+            p.add_argument("--rtol", type=float, help="relative cut-off (default max(N, m)·eps)")
+        if name == "tsne":
+            p.add_argument("--max-points", type=int, default=5000,
+                           help="random subset size for the map (default 5000)")
+            p.add_argument("--perplexity", type=float, default=30.0,
+                           help="t-SNE perplexity (default 30, openTSNE's)")
+        p.set_defaults(func=func)
+
+
+def _sources(args) -> list[FeatureSource]:
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be positive, got {args.limit}")
+    kw = dict(device=args.device, normalize=args.normalize, cache=not args.no_cache,
+              data_root=args.data_root, limit=args.limit)
+    return [FeatureSource(p, data=args.data, **kw) for p in args.inputs]
+
+
+def _labels(sources: list[FeatureSource]) -> list[str]:
+    names = [s.name for s in sources]
+    if len(set(names)) < len(names):
+        names = [s.path for s in sources]
+    return names
+
+
+def _emit(args, reports: list[dict], labels: list[str], table: pd.DataFrame) -> None:
+    if args.json:
+        if len(reports) == 1:
+            print(json.dumps(reports[0]))
+        else:
+            print(json.dumps([{"source": lab, **r} for lab, r in zip(labels, reports, strict=True)]))
+    else:
+        print(table.to_string(index=False))
+
+
+def _fmt_pct(x: float) -> str:
+    return f"{100 * x:.2f}" if isinstance(x, float) and math.isfinite(x) else "-"
+
+
+def _out_dir(args) -> Path | None:
+    if not args.out:
+        return None
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write to --out {out}: {e.strerror or e}") from None
+    return out
+
+
+def run_spectrum(args: argparse.Namespace) -> int:
+    sources = _sources(args)
+    labels = _labels(sources)
+    reports = [diagnose.spectrum_report(s, args.split, normalize=args.l2) for s in sources]
+    rows = []
+    for lab, rep in zip(labels, reports, strict=True):
+        for feat, eig in rep.items():
+            total = sum(eig)
+            pr = total**2 / sum(e * e for e in eig) if total > 0 else 0.0
+            rows.append({"model": lab, "features": feat, "dim": len(eig),
+                         "largest eigenvalue": f"{eig[0]:.4g}", "smallest": f"{eig[-1]:.3g}",
+                         "top-10 share (%)": _fmt_pct(sum(eig[:10]) / total if total else 0.0),
+                         "participation ratio": f"{pr:.2f}"})
+    out = _out_dir(args)
+    if out is not None:
+        from repdiag.plots import save_figure, spectrum_figure
+
+        for lab, rep in zip(labels, reports, strict=True):
+            save_figure(spectrum_figure(rep, title=f"spectrum: {lab}"), out / f"spectrum_{Path(lab).stem}")
+    _emit(args, reports, labels, pd.DataFrame(rows))
+    return 0
+
+
+def run_rank(args: argparse.Namespace) -> int:
+    sources = _sources(args)
+    labels = _labels(sources)
+    reports = [diagnose.rank_report(s, args.split, rtol=args.rtol) for s in sources]
+    rows = []
+    for lab, rep in zip(labels, reports, strict=True):
+        for feat in ("h", "z"):
+            if feat not in rep:
+                continue
+            r = rep[feat]
+            rows.append({"model": lab, "features": feat, "dim": r["dim"], "rank": r["rank"],
+                         "cut-off": f"{r['tol']:.3g} ({r['dtype']})",
+                         "effective rank (RankMe)": f"{r['effective_rank']:.1f}",
+                         "effective rank (centred)": f"{r['effective_rank_centred']:.1f}",
+                         "rank deficit": rep.get("rank_deficit", "-") if feat == "h" else ""})
+    out = _out_dir(args)
+    if out is not None:
+        from repdiag.plots import rank_figure, save_figure
+
+        data = {lab: {k: rep[k]["rank"] for k in ("h", "z") if k in rep}
+                for lab, rep in zip(labels, reports, strict=True)}
+        save_figure(rank_figure(data), out / "rank")
+    _emit(args, reports, labels, pd.DataFrame(rows))
+    return 0
+
+
+def _probe_rows(labels, reports, extra) -> pd.DataFrame:
+    rows = []
+    for lab, rep in zip(labels, reports, strict=True):
+        row = {"model": lab}
+        row.update(extra(rep))
+        row.update({f"{k} acc (%)": _fmt_pct(v) for k, v in rep["accuracy"].items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _probe_figure(args, labels, reports, name) -> None:
+    out = _out_dir(args)
+    if out is not None:
+        from repdiag.plots import probe_figure, save_figure
+
+        accs = {lab: rep["accuracy"] for lab, rep in zip(labels, reports, strict=True)}
+        save_figure(probe_figure(accs, probe=reports[0]["probe"]), out / name)
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    sources = _sources(args)
+    labels = _labels(sources)
+    reports = [diagnose.probe_report(s, args.probe, args.on, preset=args.preset, seed=args.seed)
+               for s in sources]
+    _probe_figure(args, labels, reports, f"probe_{args.probe}")
+    _emit(args, reports, labels, _probe_rows(labels, reports, lambda r: {
+        "probe": r["probe"], "train/test": f"{r['n_train']}/{r['n_test']}"}))
+    return 0
+
+
+def run_nullspace(args: argparse.Namespace) -> int:
+    sources = _sources(args)
+    labels = _labels(sources)
+    reports = [diagnose.nullspace_report(s, args.probe, preset=args.preset, seed=args.seed)
+               for s in sources]
+    _probe_figure(args, labels, reports, f"nullspace_{args.probe}")
+    _emit(args, reports, labels, _probe_rows(labels, reports, lambda r: {
+        "probe": r["probe"], "head": "x".join(map(str, r["head_shape"])),
+        "head rank": r["head_rank"], "residual": f"{r['residual']:.1e}",
+        "range energy (%)": _fmt_pct(r["energy_range"])}))
+    return 0
+
+
+def run_tsne(args: argparse.Namespace) -> int:
+    import torch
+
+    from repdiag.diagnostics import tsne
+    from repdiag.plots import save_figure, tsne_figure
+
+    names = diagnose._parse_on(args.on, ("h", "z"))
+    if args.max_points < 10:
+        raise UserError(f"--max-points must be at least 10, got {args.max_points}")
+    out = _out_dir(args) or Path(".")
+    sources = _sources(args)
+    labels = _labels(sources)
+    reports, rows = [], []
+    for lab, src in zip(labels, sources, strict=True):
+        fs = src.get(args.split)
+        gen = torch.Generator().manual_seed(0)
+        idx = torch.randperm(len(fs), generator=gen)[: args.max_points]
+        rep = {}
+        for feat in names:
+            x = fs.h if feat == "h" else fs.z
+            if x is None:
+                raise UserError(f"{lab}: no z (head output) in these features; use --on h")
+            res = tsne(x[idx], fs.y[idx], perplexity=args.perplexity)
+            stem = out / f"tsne_{Path(lab).stem}_{feat}"
+            paths = save_figure(tsne_figure(res.embedding, res.labels, title=f"t-SNE of {feat}: {lab}"),
+                                stem)
+            rep[feat] = {"n": res.n, "figure": [str(p) for p in paths]}
+            rows.append({"model": lab, "features": feat, "points": res.n, "figure": str(paths[0])})
+        reports.append(rep)
+    _emit(args, reports, labels, pd.DataFrame(rows))
+    return 0

@@ -1,0 +1,152 @@
+"""Reports: the diagnostics of paper G §3 composed over one model's features.
+
+Each function takes a :class:`repdiag.features.FeatureSource` (a checkpoint or
+a feature file) and returns a plain dict, the JSON the CLI prints (schemas in
+the README). The maths lives in :mod:`repdiag.diagnostics`; this module only
+chooses which features go where.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from repdiag.diagnostics import (
+    knn_probe,
+    knn_probe_split,
+    linear_probe,
+    nullspace,
+    rank,
+    spectrum,
+)
+from repdiag.errors import UserError
+from repdiag.features import FeatureSet, FeatureSource
+
+FEATURE_NAMES = ("h", "h_r", "h_n", "z")
+PROBES = ("knn", "linear")
+
+
+def _matrices(fs: FeatureSet, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    out = {"h": fs.h}
+    if "z" in names:
+        if fs.z is None:
+            raise UserError("these features hold no z (head output); drop z from --on")
+        out["z"] = fs.z
+    return out
+
+
+def spectrum_report(src: FeatureSource, split: str = "test", *, normalize: bool = False,
+                    on: tuple[str, ...] = ("h", "z")) -> dict:
+    """Covariance eigenvalues of H and Z, descending (paper G Fig. 2a/b)."""
+    fs = src.get(split)
+    on = tuple(n for n in on if n != "z" or fs.z is not None)
+    mats = _matrices(fs, on)
+    return {name: spectrum(mats[name], normalize=normalize).eigenvalues.tolist() for name in on}
+
+
+def rank_report(src: FeatureSource, split: str = "test", *, rtol: float | None = None) -> dict:
+    """Numerical and effective rank of H and Z and the deficit rank(H) - rank(Z) (G Fig. 2c)."""
+    fs = src.get(split)
+    out = {"h": _rank_dict(fs.h, rtol)}
+    if fs.z is not None:
+        out["z"] = _rank_dict(fs.z, rtol)
+        out["rank_deficit"] = out["h"]["rank"] - out["z"]["rank"]
+    return out
+
+
+def _rank_dict(x: torch.Tensor, rtol: float | None) -> dict:
+    d = rank(x, rtol=rtol).to_dict()
+    d.pop("singular_values", None)
+    return d
+
+
+def _check_probe(probe: str) -> None:
+    if probe not in PROBES:
+        raise UserError(f"unknown probe '{probe}'; use one of: {', '.join(PROBES)}")
+
+
+def _parse_on(on: str | tuple[str, ...], allowed: tuple[str, ...]) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in on.split(",")) if isinstance(on, str) else tuple(on)
+    bad = [n for n in names if n not in allowed]
+    if bad or not names:
+        raise UserError(f"--on takes a comma list of {', '.join(allowed)}; got '{','.join(names)}'")
+    return names
+
+
+def probe_report(src: FeatureSource, probe: str = "knn", on: str | tuple[str, ...] = ("h", "z"),
+                 *, preset: str | None = None, seed: int = 0) -> dict:
+    """Probe accuracies on the test part for each of h, h_r, h_n, z (paper G Fig. 3-4).
+
+    kNN: k=200, cosine, weighted vote exp(sim/T), T=0.5 (preset "g"); linear:
+    preset "fast" unless another is named. The train part is the probe's
+    training set; nothing is selected on test.
+    """
+    _check_probe(probe)
+    names = _parse_on(on, FEATURE_NAMES)
+    train, test = src.get("train"), src.get("test")
+    results = {}
+    need_split = [n for n in names if n in ("h_r", "h_n")]
+    split = None
+    if need_split:
+        if train.weight is None:
+            raise UserError("h_r/h_n need the head's linear map, and these features have none")
+        split = nullspace(train.h, train.weight)
+    if probe == "knn":
+        if split is not None:
+            trio = knn_probe_split(train.h, train.y, test.h, test.y, split.basis,
+                                   preset=preset or "g")
+            results.update({n: trio[n] for n in names if n in trio})
+        for n in names:
+            if n not in results:
+                tr, te = _pair(train, test, n, split)
+                results[n] = knn_probe(tr, train.y, te, test.y, preset=preset or "g")
+    else:
+        for n in names:
+            tr, te = _pair(train, test, n, split)
+            results[n] = linear_probe(tr, train.y, te, test.y, preset=preset or "fast", seed=seed)
+    first = next(iter(results.values()))
+    out = {"probe": probe, "protocol": first.protocol,
+           "accuracy": {n: float(results[n].accuracy) for n in names},
+           "n_train": first.n_train, "n_test": first.n_test}
+    if split is not None:
+        out.update(head_rank=split.head_rank, residual=split.residual, tol=split.tol)
+    return out
+
+
+def _pair(train: FeatureSet, test: FeatureSet, name: str, split) -> tuple:
+    if name == "h":
+        return train.h, test.h
+    if name == "z":
+        if train.z is None or test.z is None:
+            raise UserError("these features hold no z (head output); drop z from --on")
+        return train.z, test.z
+    Q = split.basis.to(train.h.dtype)
+
+    def proj(h):
+        return (h @ Q) @ Q.T
+
+    tr_r, te_r = proj(train.h), proj(test.h)
+    if name == "h_r":
+        return tr_r, te_r
+    return train.h - tr_r, test.h - te_r
+
+
+def nullspace_report(src: FeatureSource, probe: str = "knn", *, preset: str | None = None,
+                     seed: int = 0) -> dict:
+    """Range/null-space split of h under the head's first linear map (paper G eq. 4, Fig. 4).
+
+    Reports the head's singular values and rank, the check max||A h_n||/max||A h||,
+    the share of ||h||^2 in the range, and probe accuracies on h, h_r, h_n, z.
+    """
+    _check_probe(probe)
+    test = src.get("test")
+    if test.weight is None:
+        raise UserError("nullspace needs the head's linear map (a checkpoint with a head, or a "
+                        "feature file with head.weight)")
+    on = ("h", "h_r", "h_n") + (("z",) if test.z is not None else ())
+    report = probe_report(src, probe, on, preset=preset, seed=seed)
+    ns = nullspace(test.h, test.weight)
+    report.update(head_rank=ns.head_rank, residual=ns.residual, tol=ns.tol,
+                  energy_range=ns.energy_range,
+                  head_singular_values=ns.singular_values.tolist(),
+                  head_shape=list(test.weight.shape))
+    return report

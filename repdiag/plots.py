@@ -1,0 +1,120 @@
+"""Figures of paper G §3, drawn from result objects; each returns a matplotlib Figure.
+
+Plotting is kept apart from computing: every function takes plain numbers or
+result dicts (as the reports return them) and never touches a model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+FEATURE_LABELS = {"h": "h (backbone)", "h_r": "h_r (range)", "h_n": "h_n (null space)",
+                  "z": "z (head)"}
+
+
+def spectrum_figure(spectra: Mapping[str, Sequence[float]], title: str = "") -> plt.Figure:
+    """Log-scale covariance eigenvalues by index for H and Z (paper G Fig. 2a/b)."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for name, eig in spectra.items():
+        eig = np.asarray(eig, dtype=float)
+        eig = np.clip(eig, np.finfo(float).tiny, None)
+        ax.semilogy(np.arange(1, len(eig) + 1), eig, label=FEATURE_LABELS.get(name, name))
+    ax.set_xlabel("eigenvalue index")
+    ax.set_ylabel("eigenvalue of the covariance")
+    ax.set_title(title or "covariance spectrum")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def rank_figure(ranks: Mapping[str, Mapping[str, float]], title: str = "") -> plt.Figure:
+    """Numerical rank of H and Z per model, with the deficit annotated (paper G Fig. 2c).
+
+    ``ranks`` maps a model label to ``{"h": rank_h, "z": rank_z}``.
+    """
+    labels = list(ranks)
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(labels) + 2), 3.6))
+    rh = [ranks[k]["h"] for k in labels]
+    rz = [ranks[k].get("z", np.nan) for k in labels]
+    ax.bar(x - 0.2, rh, 0.4, label="rank(H)")
+    ax.bar(x + 0.2, rz, 0.4, label="rank(Z)")
+    for i, (a, b) in enumerate(zip(rh, rz, strict=True)):
+        if np.isfinite(b):
+            ax.annotate(f"deficit {int(a - b)}", (i, max(a, b)), ha="center", va="bottom",
+                        fontsize=8)
+    ax.set_xticks(x, labels, rotation=20, ha="right")
+    ax.set_ylabel("numerical rank")
+    ax.set_title(title or "rank of H and Z")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def probe_figure(accuracies: Mapping[str, Mapping[str, float]], probe: str = "knn",
+                 title: str = "") -> plt.Figure:
+    """Grouped bars of probe accuracy (%) on h, h_r, h_n, z per model (paper G Fig. 3-4).
+
+    ``accuracies`` maps a model label to ``{feature name: accuracy fraction}``.
+    """
+    labels = list(accuracies)
+    names = [n for n in FEATURE_LABELS if any(n in accuracies[m] for m in labels)]
+    width = 0.8 / max(1, len(names))
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(labels) + 2), 3.6))
+    for j, n in enumerate(names):
+        vals = [100 * accuracies[m].get(n, np.nan) for m in labels]
+        ax.bar(x + (j - (len(names) - 1) / 2) * width, vals, width, label=FEATURE_LABELS[n])
+    ax.set_xticks(x, labels, rotation=20, ha="right")
+    ax.set_ylabel(f"{probe} accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title or f"{probe} probe accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def tsne_figure(embedding: np.ndarray, labels: np.ndarray | None = None,
+                classes: Sequence[str] | None = None, title: str = "") -> plt.Figure:
+    """2-D t-SNE scatter coloured by class (paper G Fig. 1 style)."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    emb = np.asarray(embedding)
+    if labels is None:
+        ax.scatter(emb[:, 0], emb[:, 1], s=2)
+    else:
+        labels = np.asarray(labels)
+        for c in np.unique(labels):
+            sel = labels == c
+            name = classes[c] if classes is not None and c < len(classes) else str(c)
+            ax.scatter(emb[sel, 0], emb[sel, 1], s=2, label=name)
+        if len(np.unique(labels)) <= 20:
+            ax.legend(markerscale=4, fontsize=7, loc="best")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title or "t-SNE")
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: plt.Figure, stem: str | os.PathLike, formats=("png", "pdf")) -> list[Path]:
+    """Save ``fig`` as ``stem.png`` and ``stem.pdf``, each written to a temp file then renamed."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        final = stem.with_suffix(f".{fmt}")
+        tmp = final.with_name(f".{final.name}.tmp")
+        fig.savefig(tmp, format=fmt, dpi=150)
+        os.replace(tmp, final)
+        paths.append(final)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,135 @@
+import json
+
+import pytest
+import torch
+
+from repdiag import features as features_mod
+from repdiag.cli import main
+from repdiag.features import FeatureSet, extract, load_features, save_features
+from train.config import load_config
+from train.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg = load_config("fmnist-tiny", ["data=synthetic", "data_limit=128", "width=0.125",
+                                      "batch_size=32", "epochs=1", "knn_every=0",
+                                      "head.kind=linear", "head.out_dim=8"])
+    Trainer(cfg, out, quiet=True).run()
+    return out / "last.pt"
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPDIAG_CACHE", str(tmp_path / "cache"))
+
+
+def _feature_file(path, m=24, d=6, rank_a=4, n_train=300, n_test=120, classes=3):
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(classes, m, generator=g) * 3
+
+    def split(n):
+        y = torch.randint(0, classes, (n,), generator=g)
+        h = centers[y] + torch.randn(n, m, generator=g)
+        return h, y
+
+    a = torch.randn(d, rank_a, generator=g) @ torch.randn(rank_a, m, generator=g)
+    (htr, ytr), (hte, yte) = split(n_train), split(n_test)
+    save_features(path, FeatureSet(h=htr, y=ytr, z=htr @ a.T, weight=a),
+                  FeatureSet(h=hte, y=yte, z=hte @ a.T, weight=a))
+    return path
+
+
+def run_json(capsys, *args):
+    code = main([*args, "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return json.loads(out.out)
+
+
+def test_feature_file_round_trip(tmp_path):
+    path = _feature_file(tmp_path / "f.pt")
+    raw = torch.load(path, weights_only=True)
+    assert set(raw) == {"train", "test", "head"} and set(raw["train"]) == {"h", "z", "y"}
+    fb = load_features(path)
+    assert fb.train.h.shape == (300, 24) and fb.weight.shape == (6, 24)
+
+
+def test_every_command_on_a_feature_file(tmp_path, capsys):
+    f = str(_feature_file(tmp_path / "f.pt"))
+    r = run_json(capsys, "rank", f)
+    assert r["h"]["rank"] == 24 and r["z"]["rank"] == 4 and r["rank_deficit"] == 20
+    assert r["h"]["tol"] > 0 and r["h"]["effective_rank"] > 1
+    s = run_json(capsys, "spectrum", f)
+    assert len(s["h"]) == 24 and s["h"] == sorted(s["h"], reverse=True)
+    n = run_json(capsys, "nullspace", f, "--probe", "knn")
+    assert n["head_rank"] == 4 and n["residual"] < 1e-4 and n["probe"] == "knn"
+    assert set(n["accuracy"]) == {"h", "h_r", "h_n", "z"}
+    assert all(0 <= v <= 1 for v in n["accuracy"].values())
+    lin = run_json(capsys, "nullspace", f, "--probe", "linear")
+    assert lin["probe"] == "linear" and lin["accuracy"]["h"] > 0.9
+    p = run_json(capsys, "probe", f, "--probe", "knn", "--on", "h,z")
+    assert set(p["accuracy"]) == {"h", "z"} and p["accuracy"]["h"] > 0.9
+    t = run_json(capsys, "tsne", f, "--on", "h", "--out", str(tmp_path / "figs"),
+                 "--max-points", "100")
+    assert t["h"]["n"] == 100 and (tmp_path / "figs").is_dir()
+
+
+def test_every_command_on_a_checkpoint(ckpt, tmp_path, capsys):
+    c = str(ckpt)
+    r = run_json(capsys, "rank", c)
+    assert r["z"]["rank"] <= 8 and r["rank_deficit"] == r["h"]["rank"] - r["z"]["rank"]
+    s = run_json(capsys, "spectrum", c, "--out", str(tmp_path / "figs"))
+    assert len(s["z"]) == 8
+    assert (tmp_path / "figs" / "spectrum_last.png").exists()
+    n = run_json(capsys, "nullspace", c, "--probe", "knn")
+    assert n["head_rank"] == 8 and set(n["accuracy"]) == {"h", "h_r", "h_n", "z"}
+    p = run_json(capsys, "probe", c, "--probe", "linear", "--on", "h,z")
+    assert set(p["accuracy"]) == {"h", "z"}
+    run_json(capsys, "tsne", c, "--out", str(tmp_path / "figs"), "--max-points", "100")
+    # several inputs give one table
+    assert main(["rank", c, c]) == 0
+    table = capsys.readouterr().out
+    assert "rank deficit" in table and table.count("last.pt") >= 4
+
+
+def test_extract_is_cached(ckpt, monkeypatch):
+    first = extract(ckpt, "synthetic", "test")
+    assert first.h.shape[0] == 256 and first.z.shape[1] == 8
+
+    def boom(*a, **k):
+        raise AssertionError("dataset loaded although cached")
+
+    monkeypatch.setattr(features_mod, "dataset_for", boom)
+    second = extract(ckpt, "synthetic", "test")
+    assert torch.equal(first.h, second.h) and torch.equal(first.y, second.y)
+
+
+@pytest.mark.parametrize("make,args,msg", [
+    ("text", ["rank"], "not a torch file"),
+    ("shapes", ["rank"], "test.y must have shape"),
+    ("nan", ["spectrum"], "contains NaN"),
+    ("good", ["probe", "--probe", "svm"], "unknown probe 'svm'"),
+    ("good", ["probe", "--on", "q"], "--on takes a comma list"),
+    ("missing", ["rank"], "no such"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, make, args, msg):
+    path = tmp_path / "x.pt"
+    if make == "text":
+        path.write_text("not a checkpoint")
+    elif make == "good":
+        _feature_file(path)
+    elif make in ("shapes", "nan"):
+        _feature_file(path)
+        raw = torch.load(path, weights_only=True)
+        if make == "shapes":
+            raw["test"]["y"] = raw["test"]["y"][:5]
+        else:
+            raw["train"]["h"][3, 2] = float("nan")
+            raw["test"]["h"][3, 2] = float("nan")
+        torch.save(raw, path)
+    code = main([args[0], str(path), *args[1:]])
+    err = capsys.readouterr().err
+    assert code == 2 and msg in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
