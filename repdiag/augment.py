@@ -133,9 +133,7 @@ def _stats(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
         m = tuple(float(v) for v in mean)
         s = tuple(float(v) for v in std)
     except (TypeError, ValueError):
-        raise AugmentError(
-            f"mean/std must be sequences of 3 numbers, got {mean!r}, {std!r}"
-        ) from None
+        raise AugmentError(f"mean/std must be sequences of 3 numbers, got {mean!r}, {std!r}") from None
     if len(m) != 3 or len(s) != 3:
         raise AugmentError(f"mean and std must have 3 values (RGB), got {len(m)} and {len(s)}")
     if not all(math.isfinite(v) for v in m) or not all(math.isfinite(v) and v > 0 for v in s):
@@ -227,9 +225,7 @@ class AugmentParams:
     sigma: torch.Tensor
 
     def to(self, device: torch.device | str) -> AugmentParams:
-        return AugmentParams(
-            **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)}
-        )
+        return AugmentParams(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -318,9 +314,7 @@ def sample_crop_boxes(
     """
     cfg = cfg or AugmentConfig()
     dev = _gen_device(generator, torch.device(device) if device is not None else "cpu")
-    u_cand = torch.rand(
-        (n, N_CROP_ATTEMPTS, 2), generator=generator, device=dev, dtype=torch.float64
-    )
+    u_cand = torch.rand((n, N_CROP_ATTEMPTS, 2), generator=generator, device=dev, dtype=torch.float64)
     u_pos = torch.rand((n, 2), generator=generator, device=dev, dtype=torch.float64)
     return _crop_boxes_from_uniforms(u_cand, u_pos, h, w, cfg).to(torch.float32)
 
@@ -387,7 +381,11 @@ def resized_crop(
         aligned=True,
     )
     if flip is not None:
-        out = torch.where(flip.to(out.device).view(n, 1, 1, 1), out.flip(-1), out)
+        # per-sample mirror as one gather (cheaper than flip + where on CPU)
+        ow = out.shape[-1]
+        cols = torch.arange(ow, device=out.device)
+        cols = torch.where(flip.to(out.device).view(n, 1), ow - 1 - cols, cols)
+        out = out.gather(-1, cols.view(n, 1, 1, ow).expand_as(out))
     return out
 
 
@@ -480,16 +478,23 @@ def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     (max == min) are left unchanged, as in torchvision.
     """
     _check_float(x, factor)
-    maxc, arg = x.max(dim=1, keepdim=True)  # ties: first channel wins (same hue anyway)
-    delta = maxc - x.amin(dim=1, keepdim=True)
-    # hue in sixths of a turn: channel c is the max -> 2c + (x[c+1] - x[c+2]) / delta
-    diff = x.roll(-1, dims=1) - x.roll(-2, dims=1)
-    h6 = diff.gather(1, arg).div_(torch.where(delta > 0, delta, torch.ones_like(delta)))
-    h6.add_(arg, alpha=2.0).add_(6.0 * _per_sample(factor, x))
+    r, g, b = x.unbind(dim=1)
+    maxc = x.amax(dim=1)
+    delta = maxc - x.amin(dim=1)
+    # hue in sixths of a turn, times delta: (g - b), (b - r) + 2 delta or (r - g) + 4 delta
+    # when the max is r, g or b (ties: first wins, which gives the same hue anyway)
+    num = torch.where(
+        r == maxc,
+        g - b,
+        torch.where(g == maxc, (b - r).add_(delta, alpha=2.0), (r - g).add_(delta, alpha=4.0)),
+    )
+    h6 = num.div_(torch.where(delta > 0, delta, torch.ones_like(delta)))
+    h6 = h6.add_(6.0 * factor.to(device=x.device, dtype=x.dtype).view(-1, 1, 1)).remainder_(6.0)
     n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    k = (h6 + n).remainder_(6.0)
+    k = h6.unsqueeze(1) + n  # in [1, 11): one wrap brings it to [0, 6)
+    k = k.sub_((k >= 6.0).to(k.dtype), alpha=6.0)
     k = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    return k.mul_(delta).neg_().add_(maxc).clamp_(0.0, 1.0)
+    return k.mul_(delta.unsqueeze(1)).neg_().add_(maxc.unsqueeze(1)).clamp_(0.0, 1.0)
 
 
 def color_jitter(
@@ -512,9 +517,7 @@ def color_jitter(
     mask = mask.to(dev)
     hue_pos = (order == _HUE).to(torch.int64).argmax(dim=1)  # (N,)
     # the three blend ops in their per-sample order, hue removed: (N, 3)
-    rest = order.gather(1, torch.argsort((order == _HUE).to(torch.int64), dim=1, stable=True))[
-        :, :3
-    ]
+    rest = order.gather(1, torch.argsort((order == _HUE).to(torch.int64), dim=1, stable=True))[:, :3]
     rest_f = factors.gather(1, rest)
     slot = torch.arange(3, device=dev).unsqueeze(0)
     before = slot < hue_pos.unsqueeze(1)  # blend slot t runs before hue iff t < hue_pos

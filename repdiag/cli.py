@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
         add_train_parser = None
     if add_train_parser is not None:
         add_train_parser(sub)
+        from train.cli import add_sweep_parser, add_train_ae_parser
+
+        add_train_ae_parser(sub)
+        add_sweep_parser(sub)
     from repdiag.commands import add_diagnostic_parsers
 
     add_diagnostic_parsers(sub)

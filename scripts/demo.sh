@@ -11,4 +11,5 @@ if [ -f "$OUT/last.pt" ]; then
 else
   .venv/bin/repdiag train --config fmnist-tiny --out "$OUT"
 fi
-.venv/bin/python analyses/fmnist_tiny_knn.py "$OUT"
+echo "kNN (k=200, cosine, T=0.5) on the Fashion-MNIST test set, trained vs untrained (epoch 0):"
+.venv/bin/repdiag probe "$OUT/last.pt" "$OUT/checkpoints/epoch_000.pt" --probe knn --on h,z

@@ -98,3 +98,24 @@ def test_errors():
 def test_noise_above_cutoff_counts_as_full_rank():
     x = _low_rank(300, 20, 5, noise=100.0)
     assert rank(x).rank == 20 == int(torch.linalg.matrix_rank(x))
+
+
+@pytest.mark.parametrize("n,m,r", [(1000, 128, 40), (3000, 256, 200), (600, 64, 64)])
+def test_gram_route_agrees_with_matrix_rank_on_tall_float32(n, m, r):
+    g = torch.Generator().manual_seed(n + r)
+    X = (torch.randn(n, r, generator=g) @ torch.randn(r, m, generator=g)).float()
+    gram = rank(X, method="gram")
+    svd = rank(X, method="svd")
+    assert gram.method == "gram" and svd.method == "svd"
+    assert gram.rank == svd.rank == int(torch.linalg.matrix_rank(X)) == r
+    torch.testing.assert_close(gram.singular_values[:r].double(), svd.singular_values[:r].double(),
+                               rtol=1e-4, atol=1e-4 * float(svd.singular_values[0]))
+    assert gram.effective_rank == pytest.approx(svd.effective_rank, rel=1e-3)
+    assert gram.effective_rank_centred == pytest.approx(svd.effective_rank_centred, rel=1e-3)
+    assert rank(X).method == "gram"
+
+
+def test_gram_route_refused_for_float64():
+    with pytest.raises(UserError, match="not accurate enough for float64"):
+        rank(torch.randn(100, 5, dtype=torch.float64), method="gram")
+    assert rank(torch.randn(100, 5, dtype=torch.float64)).method == "svd"

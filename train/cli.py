@@ -54,3 +54,50 @@ def run_train(args: argparse.Namespace) -> int:
     final = Trainer(cfg, out, quiet=args.quiet, resume=resume).run()
     print(json.dumps({"out": str(out), **final}))
     return 0
+
+
+def add_train_ae_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``train-ae``: paper S's pixel autoencoder (see train/autoencoder.py)."""
+    p = subparsers.add_parser(
+        "train-ae", help="train paper S's pixel autoencoder for the 'ae' projection head",
+        description="Train a shallow MLP autoencoder on a dataset's pixels (paper S); its "
+                    "embedding layer becomes the first layer of head.kind=ae "
+                    "(--set head.ae_checkpoint=DIR/autoencoder.pt).")
+    p.add_argument("--data", required=True, metavar="NAME", help="dataset name")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for autoencoder.pt")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field: latent (128/256/512), epochs, lr, batch_size, "
+                        "zscore (none/train/per-split), data_limit, seed, ...; repeatable")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run_train_ae)
+    return p
+
+
+def run_train_ae(args: argparse.Namespace) -> int:
+    from train.autoencoder import make_ae_config, train_autoencoder
+
+    cfg = make_ae_config(args.data, args.overrides)
+    print(json.dumps(train_autoencoder(cfg, args.out, quiet=args.quiet)))
+    return 0
+
+
+def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``sweep``: a resumable grid of training runs (see train/sweep.py)."""
+    p = subparsers.add_parser(
+        "sweep", help="run a grid of training configs and seeds, resumable, with a CSV summary",
+        description="Run every config of GRID.yaml (base, set, grid, seeds) into its own "
+                    "folder under --out; finished runs are skipped and stopped ones resumed. "
+                    "Writes results.csv and summary.csv (min, max, mean, range, IQR, std "
+                    "over seeds).")
+    p.add_argument("grid", metavar="GRID.yaml", help="grid file")
+    p.add_argument("--out", required=True, metavar="DIR", help="sweep folder")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run_sweep_cmd)
+    return p
+
+
+def run_sweep_cmd(args: argparse.Namespace) -> int:
+    from train.sweep import run_sweep
+
+    print(json.dumps(run_sweep(args.grid, args.out, quiet=args.quiet)))
+    return 0

@@ -35,13 +35,36 @@ class HeadConfig:
     num_layers: int = 2
     d0: int = 360
     init: str = "default"
+    last_bn: bool = False
+    # Path to another repdiag checkpoint whose head weights initialise this head
+    # (shapes must match). With scheme.kind=fixed the loaded head is then frozen
+    # (paper G Table 2, "SimCLR based pre-training"); with any other scheme it is
+    # only an initialisation.
+    pretrained: str | None = None
+    ae_checkpoint: str | None = None  # kind "ae": file written by `repdiag train-ae`
+    ae_frozen: bool = True  # kind "ae": keep the embedding layer fixed (paper S)
 
 
 @dataclass
 class SchemeConfig:
-    """How the head is updated: joint backpropagation by default."""
+    """How the head is updated: joint backpropagation by default (see train/schemes/).
+
+    joint, fixed, pca-top, pca-bottom, slow-single, slow-optimal, bilevel.
+    """
 
     kind: str = "joint"
+    # bilevel (paper G eq. 8): l inner head steps per mini-batch, proximal
+    # strength lambda, momentum-SGD inner optimiser (inner_lr None = optim.lr).
+    inner_steps: int = 5
+    lam: float = 1.0
+    inner_lr: float | None = None
+    inner_momentum: float = 0.9
+    # pca-top / pca-bottom: size of the fixed training subset the PCA runs on.
+    pca_subset: int = 2048
+    # slow-optimal: subset size, relative-loss-change tolerance and step cap.
+    slow_subset: int = 2048
+    slow_tol: float = 1e-4
+    slow_max_steps: int = 200
 
 
 @dataclass
@@ -77,6 +100,8 @@ class TrainConfig:
 
     name: str = "run"
     method: str = "simclr"
+    # SimSiam predictor hidden width; None = max(1, head output dim // 4) (Chen & He: 2048/4).
+    pred_hidden: int | None = None
     data: str = "cifar10"
     data_root: str | None = None
     data_limit: int | None = None
@@ -89,6 +114,7 @@ class TrainConfig:
     temperature: float = 0.5
     seed: int = 0
     device: str = "auto"
+    pretrained_backbone: str | None = None  # "imagenet": torchvision weights (paper S)
     save_every: int = 0
     knn_every: int = 1
     knn_subset: int = 2000
@@ -102,8 +128,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-METHODS = ("simclr",)
-SCHEMES = ("joint",)
+METHODS = ("simclr", "simsiam")
+SCHEMES = ("joint", "fixed", "pca-top", "pca-bottom", "slow-single", "slow-optimal", "bilevel")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("none", "cosine")
 
@@ -234,5 +260,59 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"temperature must be positive, got {cfg.temperature}")
     if not 0 <= cfg.val_fraction < 1:
         raise UserError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
+    validate_ae_and_pretrained(cfg)
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith(("cuda", "mps")):
         raise UserError(f"unknown device '{cfg.device}'; use auto, cpu, cuda or cuda:N")
+    _validate_scheme(cfg)
+
+
+def _validate_scheme(cfg: TrainConfig) -> None:
+    """Refuse scheme/method/head combinations that cannot mean anything."""
+    s, kind, head = cfg.scheme, cfg.scheme.kind, cfg.head.kind
+    if kind.startswith("pca-") and head != "linear":
+        raise UserError(f"scheme.kind={kind} needs head.kind=linear (got '{head}'): the PCA "
+                        "scheme replaces the head by the linear map onto principal directions")
+    if kind == "slow-optimal" and cfg.method == "simsiam":
+        raise UserError("scheme.kind=slow-optimal is not supported with method=simsiam: "
+                        "optimising the head to convergence against SimSiam's stop-gradient "
+                        "target with a frozen backbone admits the collapsed constant head")
+    if kind in ("slow-single", "slow-optimal", "bilevel") and head in ("none", "directclr"):
+        raise UserError(f"scheme.kind={kind} updates the head, but head.kind={head} has no "
+                        "parameters; use scheme.kind=fixed or a linear/mlp head")
+    if s.inner_steps < 0:
+        raise UserError(f"scheme.inner_steps must be >= 0, got {s.inner_steps}")
+    if s.lam < 0:
+        raise UserError(f"scheme.lam must be >= 0, got {s.lam}")
+    if s.inner_lr is not None and not s.inner_lr > 0:
+        raise UserError(f"scheme.inner_lr must be positive, got {s.inner_lr}")
+    if not 0 <= s.inner_momentum < 1:
+        raise UserError(f"scheme.inner_momentum must be in [0, 1), got {s.inner_momentum}")
+    for name in ("pca_subset", "slow_subset", "slow_max_steps"):
+        if getattr(s, name) < 1:
+            raise UserError(f"scheme.{name} must be at least 1, got {getattr(s, name)}")
+    if not s.slow_tol >= 0:
+        raise UserError(f"scheme.slow_tol must be >= 0, got {s.slow_tol}")
+    if cfg.pred_hidden is not None and cfg.pred_hidden < 1:
+        raise UserError(f"pred_hidden must be positive, got {cfg.pred_hidden}")
+
+
+def validate_ae_and_pretrained(cfg: TrainConfig) -> None:
+    """Paper S's autoencoder head and ImageNet-initialised backbone: what can be checked early."""
+    if cfg.head.kind == "ae":
+        if not cfg.head.ae_checkpoint:
+            raise UserError("head.kind=ae needs the autoencoder file: --set "
+                            "head.ae_checkpoint=PATH (written by `repdiag train-ae`)")
+        if cfg.backbone not in ("resnet18", "resnet34") or cfg.width != 1:
+            raise UserError(
+                f"head.kind=ae: the autoencoder embedding layer takes 512 inputs but "
+                f"{cfg.backbone} at width {cfg.width:g} does not give 512 features; "
+                "use resnet18/resnet34 at width 1")
+    if cfg.pretrained_backbone is not None:
+        if cfg.pretrained_backbone != "imagenet":
+            raise UserError(f"unknown pretrained_backbone '{cfg.pretrained_backbone}'; "
+                            "known: imagenet (or null for a random init)")
+        if cfg.width != 1:
+            raise UserError(f"pretrained_backbone=imagenet needs width 1, got {cfg.width:g}")
+        if cfg.cifar_stem:
+            raise UserError("pretrained_backbone=imagenet needs torchvision's 7x7 stem: "
+                            "--set cifar_stem=false")

@@ -26,7 +26,7 @@ from repdiag.errors import UserError
 from repdiag.models import BackboneSpec, HeadSpec, build_backbone, build_head, default_cifar_stem
 from train.config import TrainConfig, from_dict, validate
 from train.monitor import knn_monitor
-from train.schemes import build_scheme
+from train.schemes import build_scheme, load_pretrained_head
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,12 +82,24 @@ class Trainer:
         self.backbone_spec = BackboneSpec(cfg.backbone, cfg.width, cifar_stem)
         torch.manual_seed(cfg.seed)
         self.backbone = build_backbone(self.backbone_spec)
+        if cfg.pretrained_backbone == "imagenet" and not resume:  # paper S; resume restores
+            from train.pretrained import load_imagenet_backbone
+
+            load_imagenet_backbone(self.backbone, cfg.backbone, width=cfg.width,
+                                   cifar_stem=cifar_stem)
         h = cfg.head
         self.head_spec = HeadSpec(kind=h.kind, in_dim=self.backbone.feature_dim,
                                   hidden_dim=h.hidden_dim, out_dim=h.out_dim,
                                   activation=h.activation, bias=h.bias, batchnorm=h.batchnorm,
-                                  num_layers=h.num_layers, d0=h.d0, init=h.init)
+                                  num_layers=h.num_layers, d0=h.d0, init=h.init,
+                                  last_bn=h.last_bn)
         self.head = build_head(self.head_spec)
+        if h.pretrained and not resume:  # frozen only with scheme.kind=fixed; else an init
+            load_pretrained_head(self.head, h.pretrained)
+        if h.kind == "ae":  # paper S: AE embedding as first layer, frozen before the optimizer
+            from train.autoencoder import attach_ae_embedding
+
+            attach_ae_embedding(self.head, cfg, self.backbone.feature_dim, load=not resume)
         self.backbone.to(self.device)
         self.head.to(self.device)
         self.aug = augment_config(cfg, self.image_size)
@@ -143,6 +155,8 @@ class Trainer:
         """Train from the current epoch to ``cfg.epochs``; returns the last metrics line."""
         self._write_config()
         self._rewrite_metrics()
+        if self.epoch == 0:
+            self.scheme.on_train_start(self)  # e.g. the PCA head of the initial backbone
         if self.epoch == 0 and self.cfg.save_every:
             self._save(self.out / "checkpoints" / "epoch_000.pt")
         while self.epoch < self.cfg.epochs:

@@ -1,0 +1,200 @@
+"""What every scheme shares: optimizers, the method (loss and predictor), the base class.
+
+A *method* turns the head outputs of the two views into a loss: SimCLR's
+NT-Xent, or SimSiam's symmetric negative cosine with a predictor MLP and
+stop-gradient. A *scheme* decides how the backbone f and the head g are
+stepped. Schemes only ever call ``self.method.loss(z1, z2)``, so every scheme
+works with every method unless ``train.config`` refuses the pair.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from repdiag.checkpoint import load_checkpoint
+from repdiag.errors import UserError
+from train.config import TrainConfig
+from train.losses import nt_xent, simsiam_loss
+
+
+def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam (paper G: lr 1e-3, wd 1e-6) or SGD with momentum (paper S)."""
+    o = cfg.optim
+    params = [p for p in params if p.requires_grad]
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def module_device(module: nn.Module) -> torch.device:
+    for t in module.parameters():
+        return t.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def frozen_stats(module: nn.Module):
+    """Run ``module`` (in whatever mode it is) without changing its buffers.
+
+    A head held fixed by a scheme still normalises with batch statistics in
+    training mode, but its BatchNorm running statistics (and batch counters)
+    are restored afterwards, so its whole state dict stays bitwise unchanged.
+    """
+    saved = [(b, b.detach().clone()) for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, c in saved:
+                b.copy_(c)
+
+
+# --------------------------------------------------------------------- methods
+class SimCLRMethod:
+    """NT-Xent with the run's temperature; no parameters of its own."""
+
+    def __init__(self, cfg: TrainConfig, dim: int, device: torch.device):
+        self.temperature = cfg.temperature
+
+    def parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return nt_xent(z1, z2, self.temperature)
+
+    def state(self) -> dict:
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        """SimCLR keeps nothing."""
+
+
+def build_predictor(dim: int, hidden: int) -> nn.Sequential:
+    """SimSiam's predictor h: Linear(d, d/4)-BN-ReLU-Linear(d/4, d) (Chen & He §3, bottleneck)."""
+    return nn.Sequential(nn.Linear(dim, hidden, bias=False), nn.BatchNorm1d(hidden),
+                         nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+
+
+class SimSiamMethod:
+    """SimSiam (Chen & He 2021): predictor p = pred(z), loss D(p1, sg z2)/2 + D(p2, sg z1)/2.
+
+    The predictor belongs to the method: it is trained with the backbone by the
+    scheme's main optimizer (never by a head-only optimizer) and saved in the
+    checkpoint's ``extra["predictor"]``. The loss lies in [-1, 1].
+    """
+
+    def __init__(self, cfg: TrainConfig, dim: int, device: torch.device):
+        hidden = cfg.pred_hidden or max(1, dim // 4)
+        self.predictor = build_predictor(dim, hidden).to(device)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.predictor.parameters())
+
+    def loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        p1, p2 = self.predictor(torch.cat([z1, z2])).chunk(2)
+        return simsiam_loss(p1, p2, z1, z2)
+
+    def state(self) -> dict:
+        return {"predictor": self.predictor.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        if "predictor" not in state:
+            raise UserError("checkpoint of a simsiam run has no predictor state (extra['predictor'])")
+        self.predictor.load_state_dict(state["predictor"])
+
+
+METHODS = {"simclr": SimCLRMethod, "simsiam": SimSiamMethod}
+
+
+def head_output_dim(head: nn.Module) -> int:
+    spec = getattr(head, "spec", None)
+    if spec is None:
+        raise TypeError("a scheme's head must carry a HeadSpec as .spec (repdiag.models.Head)")
+    return spec.output_dim
+
+
+# --------------------------------------------------------------------- base scheme
+class Scheme:
+    """Base class: one optimizer (``self.optimizer``) over the backbone, the method's
+    parameters and, if ``head_in_main_optimizer``, the head.
+
+    Interface used by the trainer: ``train_step(v1, v2) -> float``,
+    ``on_train_start(trainer)`` (before the first epoch of a fresh run),
+    ``on_epoch_end(trainer)``, ``extra_state()`` / ``load_extra(extra)``.
+    """
+
+    head_in_main_optimizer = True
+    # a head fixed within the step: its BN running statistics are restored after the step
+    freeze_head_stats = False
+
+    def __init__(self, cfg: TrainConfig, backbone: nn.Module, head: nn.Module):
+        self.cfg = cfg
+        self.backbone = backbone
+        self.head = head
+        self.device = module_device(backbone)
+        self.method = METHODS[cfg.method](cfg, head_output_dim(head), self.device)
+        self.main_params = [p for p in self.main_parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.main_params, cfg)
+
+    def main_parameters(self) -> list[nn.Parameter]:
+        params = list(self.backbone.parameters()) + self.method.parameters()
+        if self.head_in_main_optimizer:
+            params += list(self.head.parameters())
+        return params
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters())
+
+    def loss_from_h(self, h: torch.Tensor) -> torch.Tensor:
+        """The method's loss of backbone features h = f(cat(v1, v2)) through the head."""
+        z1, z2 = self.head(h).chunk(2)
+        return self.method.loss(z1, z2)
+
+    def loss(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        """Both views through the backbone as one batch, then head and method loss."""
+        return self.loss_from_h(self.backbone(torch.cat([v1, v2])))
+
+    def train_step(self, v1: torch.Tensor, v2: torch.Tensor) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        # buffers are restored only after backward (BN saves them for its backward)
+        with frozen_stats(self.head) if self.freeze_head_stats else contextlib.nullcontext():
+            loss = self.loss(v1, v2)
+            loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def on_train_start(self, trainer) -> None:
+        """Called once before the first epoch of a fresh run (not on resume)."""
+
+    def on_epoch_end(self, trainer) -> None:
+        """Called after each epoch's steps, before the checkpoint is written."""
+
+    def extra_state(self) -> dict:
+        return dict(self.method.state())
+
+    def load_extra(self, extra: dict) -> None:
+        self.method.load_state(extra)
+
+
+def freeze(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
+def load_pretrained_head(head: nn.Module, path: str) -> None:
+    """Load the head weights of another repdiag checkpoint into ``head`` (shapes must match)."""
+    ck = load_checkpoint(path)
+    theirs, ours = ck.head_spec, head.spec
+    if theirs.kind != ours.kind:
+        raise UserError(f"head.pretrained={path}: that run's head is '{theirs.kind}', "
+                        f"this run's is '{ours.kind}'; set head.kind={theirs.kind}")
+    try:
+        head.load_state_dict(ck.head_state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise UserError(f"head.pretrained={path}: its head does not fit this run's head "
+                        f"(in_dim {theirs.in_dim}->{ours.in_dim}, out_dim "
+                        f"{theirs.out_dim}->{ours.out_dim}): {first[-1].strip()}") from None

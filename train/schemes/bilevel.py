@@ -1,0 +1,91 @@
+"""Bilevel head/backbone updates (paper G §4, eq. 8)."""
+
+from __future__ import annotations
+
+import torch
+
+from train.schemes.base import Scheme, frozen_stats
+
+
+class BilevelScheme(Scheme):
+    """Paper G eq. 8: l inner head steps on the mini-batch, then one backbone step through g_{k+1}.
+
+    Per mini-batch: **one** backbone forward of both views gives h. With h
+    detached, the head alone takes ``scheme.inner_steps`` (l, default 5) steps
+    on ``loss(g(h)) + lam * ||theta_g - theta_g^k||^2``. Then the loss through
+    the updated head g_{k+1} is back-propagated from the non-detached h into
+    the backbone (and SimSiam's predictor), which takes one step of the main
+    optimizer; the head's parameters get no gradient from this outer pass and
+    are not updated again. The cost over a joint step is the l small
+    head-only forward/backward passes on the batch's features.
+
+    Paper G gives no code: running the inner steps on detached features (no
+    unrolled differentiation through the inner loop) is our reading of eq. 8,
+    whose outer step is the gradient w.r.t. f at fixed g_{k+1}.
+
+    Inner optimiser: momentum SGD (momentum ``scheme.inner_momentum``, 0.9;
+    lr ``scheme.inner_lr``, default ``optim.lr`` as G uses "the same learning
+    rate"); the momentum buffer persists across mini-batches and is saved for
+    resume. The proximal term is applied in closed form (a proximal-gradient
+    step): with v = mu v + grad(loss),
+    ``theta <- theta_k + (theta - lr v - theta_k) / (1 + 2 lr lam)``,
+    which equals one explicit SGD step on the full objective to first order in
+    lr*lam, is stable for any lam >= 0, and keeps the head at g_k as lam -> inf.
+    No weight decay on the inner steps (the proximal term regularises).
+
+    BatchNorm in the head: the inner steps run in training mode (batch
+    statistics) but leave the running statistics untouched; the outer forward
+    through g_{k+1} updates them once per mini-batch, as a joint step does. So
+    with l = 0 a step is exactly a joint step without the head update.
+    """
+
+    head_in_main_optimizer = False
+
+    def __init__(self, cfg, backbone, head):
+        super().__init__(cfg, backbone, head)
+        s = cfg.scheme
+        self.inner_steps = s.inner_steps
+        self.lam = s.lam
+        self.inner_lr = s.inner_lr if s.inner_lr is not None else cfg.optim.lr
+        self.inner_momentum = s.inner_momentum
+        self.inner_params = [p for p in self.head_parameters() if p.requires_grad]
+        self.momentum = [torch.zeros_like(p) for p in self.inner_params]
+
+    @torch.no_grad()
+    def _inner_update(self, grads, anchor) -> None:
+        shrink = 1.0 / (1.0 + 2.0 * self.inner_lr * self.lam)
+        for p, g, a, v in zip(self.inner_params, grads, anchor, self.momentum, strict=True):
+            v.mul_(self.inner_momentum).add_(g)
+            step = p - self.inner_lr * v - a
+            p.copy_(a + step * shrink)
+
+    def inner_loop(self, h_detached: torch.Tensor) -> None:
+        """l steps of the head alone on detached features (g_k -> g_{k+1})."""
+        if not self.inner_params or self.inner_steps == 0:
+            return
+        anchor = [p.detach().clone() for p in self.inner_params]
+        with frozen_stats(self.head):
+            for _ in range(self.inner_steps):
+                loss = self.loss_from_h(h_detached)
+                grads = torch.autograd.grad(loss, self.inner_params)
+                self._inner_update(grads, anchor)
+
+    def train_step(self, v1, v2):
+        self.optimizer.zero_grad(set_to_none=True)
+        h = self.backbone(torch.cat([v1, v2]))
+        self.inner_loop(h.detach())
+        loss = self.loss_from_h(h)
+        loss.backward(inputs=self.main_params)
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def extra_state(self):
+        return {**super().extra_state(), "inner_momentum_buffers": list(self.momentum)}
+
+    def load_extra(self, extra):
+        super().load_extra(extra)
+        bufs = extra.get("inner_momentum_buffers")
+        if bufs is not None:
+            with torch.no_grad():
+                for v, b in zip(self.momentum, bufs, strict=True):
+                    v.copy_(b)

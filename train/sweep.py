@@ -1,0 +1,321 @@
+"""``repdiag sweep GRID.yaml --out DIR``: a grid of training runs, resumable, summarised.
+
+A grid file::
+
+    base: s-cifar10              # preset name or YAML path (relative to the grid file)
+    set:                         # fixed overrides for every run (list of key=value, or a mapping)
+      - epochs=150
+    grid:                        # dotted key -> list of values; the Cartesian product is run
+      head.kind: [ae, mlp]
+      head.hidden_dim: [128, 256, 512]
+      head.activation: [relu, sigmoid]
+    seeds: [0, 1, 2]             # optional; default: the base config's seed
+
+Runs are expanded in a fixed order (grid keys in file order, values in list
+order, seeds innermost) and each gets its own folder ``DIR/<name>``, named from
+the varying keys and the seed (``head.kind-ae__head.hidden_dim-128__seed-0``;
+unsafe characters become ``_``; long or clashing names get a short hash of
+the overrides). Runs are trained one after the other. A folder whose
+``last.pt`` has reached the run's epochs is skipped; one with an earlier
+``last.pt`` is resumed; so a sweep stopped at any point and started again
+finishes the grid without redoing finished runs. A folder whose stored config
+differs from the grid's (other than ``epochs``) is refused.
+
+Outputs (written atomically after every run):
+
+- ``DIR/results.csv``: one row per run: ``run``, the varying keys, ``seed``,
+  ``status``, ``epochs``, ``seconds`` (sum over epochs) and the final epoch's
+  metrics (``loss``, ``knn_val`` when the run computed it, any other number
+  logged in the last ``metrics.jsonl`` line).
+- ``DIR/summary.csv``: one row per configuration (runs differing only in the
+  seed), with ``n_seeds`` and, for each metric, the statistics paper S reports:
+  ``_min``, ``_max``, ``_mean``, ``_range`` (max - min), ``_iqr`` (75th - 25th
+  percentile, linear interpolation as numpy's default) and ``_std`` (sample
+  standard deviation, ddof=1; empty for a single seed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from repdiag.errors import UserError
+from train.config import TrainConfig, load_config
+
+GRID_KEYS = ("base", "set", "grid", "seeds")
+BOOKKEEPING = ("epoch", "lr", "seconds", "images_per_s")
+STATS = ("min", "max", "mean", "range", "iqr", "std")
+MAX_NAME = 100
+
+
+@dataclass
+class SweepRun:
+    """One point of the grid: its folder name, varying values, seed and config."""
+
+    name: str
+    values: dict
+    seed: int
+    overrides: list[str]
+    config: TrainConfig = field(repr=False)
+
+
+@dataclass
+class Grid:
+    base: str
+    fixed: list[str]
+    grid: dict
+    seeds: list[int] | None
+
+
+def _as_override_value(value) -> str:
+    """A YAML scalar as the text ``--set`` parses back to the same value."""
+    if isinstance(value, str):
+        try:
+            same = yaml.safe_load(value) == value
+        except yaml.YAMLError:
+            same = False
+        return value if same else json.dumps(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return json.dumps(value)
+    raise UserError(f"grid values must be scalars (numbers, strings, true/false, null), "
+                    f"got {value!r}")
+
+
+def read_grid(path: str | os.PathLike) -> Grid:
+    """Parse and check a grid file; every problem is a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such grid file")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read the grid file ({e})") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"{path}: expected a mapping with keys {', '.join(GRID_KEYS)}")
+    unknown = sorted(set(map(str, tree)) - set(GRID_KEYS))
+    if unknown:
+        raise UserError(f"{path}: unknown grid key(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(GRID_KEYS)}")
+    base = tree.get("base")
+    if not isinstance(base, str) or not base:
+        raise UserError(f"{path}: 'base' must name a preset or a YAML config file")
+    base_path = path.parent / base
+    if base.endswith((".yaml", ".yml")) and base_path.exists():
+        base = str(base_path)
+    fixed_raw = tree.get("set") or []
+    if isinstance(fixed_raw, dict):
+        fixed = [f"{k}={_as_override_value(v)}" for k, v in fixed_raw.items()]
+    elif isinstance(fixed_raw, list) and all(isinstance(s, str) and "=" in s for s in fixed_raw):
+        fixed = list(fixed_raw)
+    else:
+        raise UserError(f"{path}: 'set' must be a list of key=value strings or a mapping")
+    grid_raw = tree.get("grid") or {}
+    if not isinstance(grid_raw, dict):
+        raise UserError(f"{path}: 'grid' must map dotted config keys to lists of values")
+    grid = {}
+    for key, values in grid_raw.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{path}: grid key '{key}' needs a non-empty list of values")
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
+            raise UserError(f"{path}: grid key '{key}' lists a value twice")
+        if str(key) == "seed":
+            raise UserError(f"{path}: give seeds with the top-level 'seeds' list, not grid.seed")
+        grid[str(key)] = values
+    seeds = tree.get("seeds")
+    if seeds is not None:
+        if (not isinstance(seeds, list) or not seeds
+                or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+                or len(set(seeds)) != len(seeds)):
+            raise UserError(f"{path}: 'seeds' must be a non-empty list of distinct integers")
+    return Grid(base=base, fixed=fixed, grid=grid, seeds=seeds)
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
+
+
+def _digest(values: dict, seed: int) -> str:
+    blob = json.dumps({"values": values, "seed": seed}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:8]
+
+
+def expand(grid: Grid) -> list[SweepRun]:
+    """All runs of the grid, in a deterministic order, each with a validated config."""
+    keys = list(grid.grid)
+    combos = list(itertools.product(*(grid.grid[k] for k in keys))) or [()]
+    runs: list[SweepRun] = []
+    for combo in combos:
+        values = dict(zip(keys, combo, strict=True))
+        overrides = grid.fixed + [f"{k}={_as_override_value(v)}" for k, v in values.items()]
+        for seed in grid.seeds if grid.seeds is not None else [None]:
+            extra = [f"seed={seed}"] if seed is not None else []
+            try:
+                cfg = load_config(grid.base, overrides + extra)
+            except UserError as e:
+                point = ", ".join(f"{k}={v}" for k, v in values.items()) or "the base config"
+                raise UserError(f"grid point {point}: {e}") from None
+            parts = [f"{k}-{_safe(str(v))}" for k, v in values.items()] + [f"seed-{cfg.seed}"]
+            name = "__".join(parts)
+            if len(name) > MAX_NAME:
+                name = name[:MAX_NAME - 9] + "_" + _digest(values, cfg.seed)
+            runs.append(SweepRun(name, values, cfg.seed, overrides + extra, cfg))
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r.name] = counts.get(r.name, 0) + 1
+    for r in runs:  # names that clash after sanitising get a hash of their exact values
+        if counts[r.name] > 1:
+            r.name = f"{r.name[:MAX_NAME - 9]}_{_digest(r.values, r.seed)}"
+    return runs
+
+
+def _stored_epoch_and_config(run_dir: Path) -> tuple[int, dict, list] | None:
+    from repdiag.checkpoint import safe_torch_load
+
+    last = run_dir / "last.pt"
+    if not last.exists():
+        return None
+    raw = safe_torch_load(last, "checkpoint")
+    if not isinstance(raw, dict) or "epoch" not in raw:
+        raise UserError(f"{last}: not a repdiag run checkpoint; remove the folder to rerun it")
+    return int(raw["epoch"]), dict(raw.get("config") or {}), list(raw.get("metrics") or [])
+
+
+def _config_difference(stored: dict, wanted: dict, prefix: str = "") -> str | None:
+    for key in sorted(set(stored) | set(wanted)):
+        if not prefix and key == "epochs":
+            continue
+        a, b = stored.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            d = _config_difference(a, b, f"{prefix}{key}.")
+            if d:
+                return d
+        elif a != b:
+            return f"{prefix}{key} (folder: {a!r}, grid: {b!r})"
+    return None
+
+
+def run_sweep(grid_path: str | os.PathLike, out_dir: str | os.PathLike, *,
+              quiet: bool = False) -> dict:
+    """Run (or finish) every run of the grid; write results.csv and summary.csv."""
+    from train.trainer import Trainer
+
+    grid = read_grid(grid_path)
+    runs = expand(grid)
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write to --out {out}: {e.strerror or e}") from None
+    _atomic_write_text(out / "grid.yaml", yaml.safe_dump(
+        {"base": grid.base, "set": grid.fixed, "grid": grid.grid, "seeds": grid.seeds},
+        sort_keys=False))
+    rows: list[dict] = []
+    counts = {"finished": 0, "resumed": 0, "started": 0, "skipped": 0}
+    for i, run in enumerate(runs, 1):
+        run_dir = out / run.name
+        state = _stored_epoch_and_config(run_dir)
+        if state is not None:
+            diff = _config_difference(state[1], run.config.to_dict())
+            if diff:
+                raise UserError(f"{run_dir} holds a run with another config: {diff}; "
+                                "remove the folder or use another --out")
+        if state is not None and state[0] >= run.config.epochs:
+            counts["skipped"] += 1
+            action, metrics, status = "done already", state[2], "finished"
+        else:
+            resume = state is not None
+            counts["resumed" if resume else "started"] += 1
+            if not quiet:
+                what = f"resuming at epoch {state[0]}" if resume else "starting"
+                print(f"[{i}/{len(runs)}] {run.name}: {what}", flush=True)
+            try:
+                Trainer(run.config, run_dir, quiet=quiet, resume=resume).run()
+                status = "finished"
+            except FloatingPointError as e:  # a diverged run is a result, not a sweep failure
+                status = f"diverged: {e}"
+            state = _stored_epoch_and_config(run_dir)
+            metrics = state[2] if state else []
+            action = status
+        counts["finished"] += status == "finished"
+        if not quiet:
+            print(f"[{i}/{len(runs)}] {run.name}: {action}", flush=True)
+        rows.append(_row(run, run_dir, metrics, status))
+        write_tables(rows, list(grid.grid), out)
+    return {"out": str(out), "runs": len(runs), **counts,
+            "results": str(out / "results.csv"), "summary": str(out / "summary.csv")}
+
+
+def _row(run: SweepRun, run_dir: Path, metrics: list, status: str) -> dict:
+    row = {"run": run.name, **run.values, "seed": run.seed, "status": status,
+           "epochs": metrics[-1]["epoch"] if metrics else 0,
+           "seconds": float(sum(m.get("seconds", 0.0) for m in metrics))}
+    final = metrics[-1] if metrics else {}
+    for k, v in final.items():
+        if k not in BOOKKEEPING and isinstance(v, (int, float)) and not isinstance(v, bool):
+            row[k] = float(v)
+    row["folder"] = str(run_dir)
+    return row
+
+
+def metric_columns(results, keys: list[str]) -> list[str]:
+    fixed = set(keys) | {"run", "seed", "status", "epochs", "seconds", "folder"}
+    return [c for c in results.columns if c not in fixed]
+
+
+def summarize(results, keys: list[str]):
+    """Per configuration (grouping over seeds): n_seeds and S's statistics of each metric."""
+    import numpy as np
+    import pandas as pd
+
+    metrics = metric_columns(results, keys)
+    groups = results.groupby(keys, sort=False, dropna=False) if keys else [((), results)]
+    rows = []
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(keys, key, strict=True))
+        row["n_seeds"] = len(g)
+        for m in metrics:
+            x = g[m].dropna().to_numpy(dtype=float)
+            if len(x) == 0:
+                stats = dict.fromkeys(STATS, float("nan"))
+            else:
+                q75, q25 = np.percentile(x, [75, 25])
+                stats = {"min": x.min(), "max": x.max(), "mean": x.mean(),
+                         "range": x.max() - x.min(), "iqr": q75 - q25,
+                         "std": x.std(ddof=1) if len(x) > 1 else float("nan")}
+            row.update({f"{m}_{s}": float(v) for s, v in stats.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_tables(rows: list[dict], keys: list[str], out: Path) -> None:
+    """results.csv (one row per run) and summary.csv (over seeds), each written atomically."""
+    import pandas as pd
+
+    results = pd.DataFrame(rows)
+    _atomic_write_text(out / "results.csv", results.to_csv(index=False))
+    _atomic_write_text(out / "summary.csv", summarize(results, keys).to_csv(index=False))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
