@@ -190,3 +190,16 @@ def test_pretrained_backbone_loads_torchvision_weights(tmp_path, monkeypatch):
         load_config("fmnist-tiny", PRE + ["width=0.5"])
     with pytest.raises(UserError, match="cifar_stem=false"):
         load_config("fmnist-tiny", PRE + ["cifar_stem=true"])
+
+
+def test_ae_checkpoint_path_template_and_example_grid():
+    from train.autoencoder import ae_checkpoint_path
+    from train.sweep import expand, read_grid
+
+    assert ae_checkpoint_path("ae/c-{latent}/autoencoder.pt", 256) == "ae/c-256/autoencoder.pt"
+    assert ae_checkpoint_path("/x/autoencoder.pt", 256) == "/x/autoencoder.pt"
+    from pathlib import Path
+
+    grid = Path(__file__).parent.parent / "train" / "grids" / "s-cifar10.yaml"
+    runs = expand(read_grid(grid))
+    assert len(runs) == 2 * 3 * 3 * 4 * 3 and len({r.name for r in runs}) == len(runs)

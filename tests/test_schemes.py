@@ -13,9 +13,18 @@ from train.monitor import embed
 from train.schemes import build_scheme
 from train.trainer import Trainer
 
-TINY = ["data=synthetic", "data_limit=96", "width=0.125", "batch_size=32", "knn_every=0",
+TINY = ["data=synthetic", "data_limit=40", "width=0.125", "batch_size=32", "knn_every=0",
         "head.hidden_dim=32", "head.out_dim=16", "scheme.pca_subset=64", "scheme.slow_subset=64",
         "scheme.slow_max_steps=20"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run faster on one thread (and do not spin against a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def tiny_config(*extra):
@@ -27,7 +36,6 @@ COMBOS = [
     ("fixed", ["head.kind=linear", "head.init=glorot"]),
     ("fixed", ["head.kind=mlp", "head.init=glorot"]),
     ("fixed", ["head.kind=directclr", "head.d0=24"]),
-    ("fixed", ["head.kind=none"]),
     ("pca-top", ["head.kind=linear"]),
     ("pca-bottom", ["head.kind=linear"]),
     ("slow-single", ["head.kind=linear"]),
@@ -94,7 +102,8 @@ def _pca_projector(h: np.ndarray, k: int, top: bool) -> tuple[np.ndarray, float]
 
 @pytest.mark.parametrize("kind", ["pca-top", "pca-bottom"])
 def test_pca_head_spans_principal_directions(tmp_path, kind):
-    cfg = tiny_config("epochs=1", "save_every=1", "data_limit=160", f"scheme.kind={kind}",
+    cfg = tiny_config("epochs=1", "save_every=1", "data_limit=80", "width=0.0625",
+                      f"scheme.kind={kind}",
                       "head.kind=linear", "head.out_dim=8", "scheme.pca_subset=4096")
     tr = Trainer(cfg, tmp_path, quiet=True)
     tr.run()
@@ -187,7 +196,7 @@ def test_bilevel_with_zero_inner_steps_is_a_joint_step_without_head_update():
     assert la == pytest.approx(lb, abs=1e-6)
     for (n, a), b in zip(backbone.state_dict().items(), jb.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6, msg=n)
-    for (n, p), p0 in zip(head.named_parameters(), head0.values(), strict=False):
+    for n, p in head.named_parameters():
         assert torch.equal(p.detach(), head0[n]), n
     assert any(not torch.equal(p, jp) for p, jp in zip(head.parameters(), jh.parameters(),
                                                        strict=True))  # joint moved its head
@@ -240,7 +249,7 @@ def test_bilevel_backbone_gradient_is_taken_through_the_updated_head(monkeypatch
     expected = torch.autograd.grad(nt_xent(z1, z2, cfg.temperature), list(b0.parameters()))
     got = [p.grad for p in backbone.parameters()]
     for g, e in zip(got, expected, strict=True):
-        torch.testing.assert_close(g, e, atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-3)
     assert all(p.grad is None for p in head.parameters())  # the outer step leaves the head alone
     # and it differs from the gradient through the old head g_k
     h_old = copy.deepcopy(b0)
@@ -250,7 +259,7 @@ def test_bilevel_backbone_gradient_is_taken_through_the_updated_head(monkeypatch
             p.copy_(a)
     z1, z2 = head_old(h_old(x)).chunk(2)
     old = torch.autograd.grad(nt_xent(z1, z2, cfg.temperature), list(h_old.parameters()))
-    assert max((a - b).abs().max() for a, b in zip(old, expected, strict=True)) > 1e-6
+    assert max((a - b).abs().max() for a, b in zip(old, expected, strict=True)) > 1e-3
 
 
 def test_simsiam_trains_saves_predictor_and_resumes(tmp_path):
@@ -282,3 +291,8 @@ def test_simsiam_trains_saves_predictor_and_resumes(tmp_path):
 def test_invalid_combinations_are_refused_at_config_time(extra, msg):
     with pytest.raises(UserError, match=msg):
         tiny_config(*extra)
+
+
+def test_simsiam_preset_is_the_usual_projector():
+    cfg = load_config("fmnist-simsiam-tiny", ["data=synthetic"])
+    assert (cfg.method, cfg.head.num_layers, cfg.head.last_bn) == ("simsiam", 3, True)

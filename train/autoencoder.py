@@ -34,10 +34,12 @@ types (loads with ``torch.load(weights_only=True)``), written atomically::
 
 A SimCLR run uses it with ``--set head.kind=ae --set head.ae_checkpoint=PATH``
 (``head.hidden_dim`` must equal the latent size; the backbone must give 512
-features, i.e. ResNet-18/34 at width 1). The embedding layer's weight and bias
-are copied into the head's first Linear and, with ``head.ae_frozen`` (the
-default, as S), that layer's parameters get ``requires_grad=False`` before the
-optimizer is built, so neither gradient steps nor weight decay touch them.
+features, i.e. ResNet-18/34 at width 1). ``{latent}`` in the path is replaced
+by ``head.hidden_dim``, so one sweep can use one autoencoder per latent size.
+The embedding layer's weight and bias are copied into the head's first Linear
+and, with ``head.ae_frozen`` (the default, as S), that layer's parameters get
+``requires_grad=False`` before the optimizer is built, so neither gradient
+steps nor weight decay touch them (nor does ``--resume``, which re-freezes it).
 """
 
 from __future__ import annotations
@@ -323,6 +325,12 @@ def load_ae_embedding(path: str | os.PathLike) -> dict:
     return {"weight": w, "bias": b, "latent": int(w.shape[0])}
 
 
+def ae_checkpoint_path(template: str, hidden_dim: int) -> str:
+    """``head.ae_checkpoint`` with ``{latent}`` replaced by ``head.hidden_dim`` (for sweeps
+    over dim(g): ``--set head.ae_checkpoint=ae/latent{latent}/autoencoder.pt``)."""
+    return template.replace("{latent}", str(hidden_dim))
+
+
 def attach_ae_embedding(head: nn.Module, cfg, feature_dim: int, *, load: bool = True) -> None:
     """For ``head.kind == "ae"``: copy the autoencoder's embedding layer into the head's first
     Linear and freeze that layer (only) when ``head.ae_frozen``. Call before the optimizer
@@ -340,7 +348,7 @@ def attach_ae_embedding(head: nn.Module, cfg, feature_dim: int, *, load: bool = 
     if first is None or first.bias is None:
         raise UserError("head.kind=ae needs head.bias=true (the embedding layer has a bias)")
     if load:
-        emb = load_ae_embedding(h.ae_checkpoint)
+        emb = load_ae_embedding(ae_checkpoint_path(h.ae_checkpoint, h.hidden_dim))
         if emb["latent"] != h.hidden_dim:
             raise UserError(f"head.kind=ae: the autoencoder's latent size is {emb['latent']} but "
                             f"head.hidden_dim={h.hidden_dim}; set --set "

@@ -192,7 +192,7 @@ def _stored_epoch_and_config(run_dir: Path) -> tuple[int, dict, list] | None:
 
 def _config_difference(stored: dict, wanted: dict, prefix: str = "") -> str | None:
     for key in sorted(set(stored) | set(wanted)):
-        if not prefix and key == "epochs":
+        if (not prefix and key == "epochs") or key not in stored:  # newer fields: lenient
             continue
         a, b = stored.get(key), wanted.get(key)
         if isinstance(a, dict) and isinstance(b, dict):

@@ -114,7 +114,8 @@ class SlowOptimalScheme(Scheme):
         self._head_grad(True)
         prev, steps, value = None, 0, float("nan")
         try:
-            for steps in range(1, s.slow_max_steps + 1):
+            while steps < s.slow_max_steps:
+                steps += 1
                 self.head_optimizer.zero_grad(set_to_none=True)
                 value = 0.0
                 for a, b in chunks:
