@@ -34,7 +34,7 @@ def make_features(n_train: int, n_test: int, m: int, d: int, classes: int, seed:
     """Class clusters in a 64-dim subspace plus isotropic noise; z = A h with rank(A) = d."""
     g = torch.Generator().manual_seed(seed)
     basis = torch.linalg.qr(torch.randn(m, 64, generator=g))[0]
-    centers = torch.randn(classes, 64, generator=g) * 1.2
+    centers = torch.randn(classes, 64, generator=g) * 0.3
 
     def split(n):
         y = torch.randint(0, classes, (n,), generator=g)
@@ -66,7 +66,7 @@ def run_baseline(htr, ytr, hte, yte, a, tsne_n, do_tsne, t: Timer) -> dict:
 
     H, Ht, A = htr.numpy(), hte.numpy(), a.numpy()
     Z, Zt = H @ A.T, Ht @ A.T
-    for name, X in (("h", H), ("z", Z)):
+    for X in (H, Z):
         t("spectrum", lambda X=X: np.linalg.eigh(np.cov(X, rowvar=False))[0][::-1])
         t("rank", np.linalg.matrix_rank, X)
     P = t("nullspace", lambda: np.linalg.pinv(A) @ A)

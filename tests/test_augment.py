@@ -265,9 +265,7 @@ def test_gaussian_blur_matches_torchvision():
     x = float_images(6, 16, 16)
     sigma = torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0, 0.8])
     out = gaussian_blur(x, sigma, 5)
-    ref = torch.stack(
-        [TF.gaussian_blur(x[i], [5, 5], [float(s), float(s)]) for i, s in enumerate(sigma)]
-    )
+    ref = torch.stack([TF.gaussian_blur(x[i], [5, 5], [float(s), float(s)]) for i, s in enumerate(sigma)])
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
 
 

@@ -281,7 +281,7 @@ def test_simsiam_trains_saves_predictor_and_resumes(tmp_path):
 
 
 @pytest.mark.parametrize("extra,msg", [
-    (["scheme.kind=pca-top", "head.kind=mlp"], "needs head.kind=linear"),
+    (["scheme.kind=pca-top", "head.kind=directclr"], "needs head.kind=linear"),
     (["scheme.kind=slow-optimal", "method=simsiam"], "collapsed"),
     (["scheme.kind=bilevel", "head.kind=directclr"], "has no parameters"),
     (["scheme.kind=nope"], "unknown scheme"),
@@ -291,6 +291,11 @@ def test_simsiam_trains_saves_predictor_and_resumes(tmp_path):
 def test_invalid_combinations_are_refused_at_config_time(extra, msg):
     with pytest.raises(UserError, match=msg):
         tiny_config(*extra)
+
+
+def test_pca_scheme_turns_the_preset_mlp_head_into_its_linear_head():
+    cfg = load_config("fmnist-tiny", ["data=synthetic", "scheme.kind=pca-bottom"])
+    assert cfg.head.kind == "linear" and cfg.scheme.kind == "pca-bottom"
 
 
 def test_simsiam_preset_is_the_usual_projector():

@@ -269,6 +269,10 @@ def validate(cfg: TrainConfig) -> None:
 def _validate_scheme(cfg: TrainConfig) -> None:
     """Refuse scheme/method/head combinations that cannot mean anything."""
     s, kind, head = cfg.scheme, cfg.scheme.kind, cfg.head.kind
+    if kind.startswith("pca-") and head == "mlp":
+        # the PCA schemes define the head: a linear map onto k principal directions of H
+        # (paper G §5.2); a preset's MLP head becomes that linear head, recorded as such.
+        cfg.head.kind = head = "linear"
     if kind.startswith("pca-") and head != "linear":
         raise UserError(f"scheme.kind={kind} needs head.kind=linear (got '{head}'): the PCA "
                         "scheme replaces the head by the linear map onto principal directions")
