@@ -29,7 +29,9 @@ def test_one_epoch_per_head_gives_loadable_checkpoint(tmp_path, head):
     assert z.shape[1] == (ck.head_spec.in_dim if kind == "none" else 16)
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1]
-    assert {"epoch", "loss", "seconds", "images_per_s", "lr", "knn_val"} <= set(lines[0])
+    assert {"epoch", "loss", "seconds", "images_per_s", "lr", "knn_val", "rankme_h",
+            "rankme_z"} <= set(lines[0])
+    assert 1 <= lines[0]["rankme_z"] <= z.shape[1] and 1 <= lines[0]["rankme_h"] <= ck.head_spec.in_dim
 
 
 def test_loss_falls_on_tiny_overfittable_set(tmp_path):
@@ -96,3 +98,27 @@ def test_refuses_to_overwrite_a_run(tmp_path, capsys):
     code = main(["train", "--config", "fmnist-tiny", "--set", "data=synthetic",
                  "--out", str(tmp_path), "--quiet"])
     assert code == 2 and "already holds a run" in capsys.readouterr().err
+
+
+def test_epoch_monitor_rankme_sees_a_collapsed_head():
+    import numpy as np
+
+    from repdiag.data import load_dataset
+    from repdiag.models import BackboneSpec, build_backbone
+    from train.monitor import embed, epoch_monitor, fixed_subset
+
+    cfg = tiny_config()
+    data = load_dataset("synthetic", limit=96)
+    torch.manual_seed(0)
+    backbone = build_backbone(BackboneSpec("resnet18", 0.125, True))
+    head = torch.nn.Linear(backbone.feature_dim, 16, bias=False)
+    with torch.no_grad():  # rank-1 head: z collapses onto one direction
+        head.weight.copy_(torch.randn(16, 1) @ torch.randn(1, backbone.feature_dim))
+    out = epoch_monitor(backbone, head, data, cfg, torch.device("cpu"))
+    h = embed(backbone, data.val.images[fixed_subset(len(data.val), cfg.knn_subset,
+                                                     cfg.seed + 2)], torch.device("cpu"))
+    s = np.linalg.svd(h.double().numpy(), compute_uv=False)
+    p = s / s.sum() + 1e-7
+    assert out["rankme_h"] == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-3)
+    assert out["rankme_z"] < 1.05 < out["rankme_h"]
+    assert 0 <= out["knn_val"] <= 1

@@ -1,11 +1,15 @@
-"""Cheap training-time diagnostics on fixed subsets (kNN accuracy on validation)."""
+"""Cheap training-time diagnostics on fixed subsets: kNN accuracy and RankMe of H and Z.
+
+Logged each epoch so a user sees collapse as it happens; nothing is selected
+on these numbers.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from repdiag.augment import eval_transform
-from repdiag.diagnostics import knn_probe
+from repdiag.diagnostics import knn_probe, rank
 
 
 @torch.no_grad()
@@ -28,11 +32,13 @@ def fixed_subset(n: int, size: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=gen)[: min(n, size)]
 
 
-def knn_monitor(backbone, data, cfg, device) -> dict:
-    """kNN (k=cfg.knn_k, T=cfg.temperature) accuracy of h on a validation subset.
+def epoch_monitor(backbone, head, data, cfg, device) -> dict:
+    """kNN accuracy of h and RankMe of H and Z on fixed subsets.
 
-    The memory bank is a fixed training subset; queries are a fixed validation
-    subset. Nothing is selected on this number: it is logged only.
+    kNN: k=cfg.knn_k, T=cfg.temperature; the memory bank is a fixed training
+    subset, the queries a fixed validation subset. RankMe (Garrido et al. 2023,
+    entropy of the normalised singular values) of H and of Z = g(H) on the
+    validation subset: a drop signals dimensional collapse.
     """
     if len(data.val) == 0:
         return {}
@@ -43,4 +49,11 @@ def knn_monitor(backbone, data, cfg, device) -> dict:
     h_val = embed(backbone, data.val.images[va], device, mean=mean, std=std)
     res = knn_probe(h_train, data.train.labels[tr], h_val, data.val.labels[va],
                     k=cfg.knn_k, temperature=cfg.temperature, num_classes=data.num_classes)
-    return {"knn_val": float(res.accuracy)}
+    was_training = head.training
+    head.eval()
+    with torch.no_grad():
+        z_val = head(h_val.to(device)).float().cpu()
+    head.train(was_training)
+    return {"knn_val": float(res.accuracy),
+            "rankme_h": float(rank(h_val, centred=False).effective_rank),
+            "rankme_z": float(rank(z_val, centred=False).effective_rank)}

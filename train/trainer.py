@@ -25,7 +25,7 @@ from repdiag.data import load_dataset
 from repdiag.errors import UserError
 from repdiag.models import BackboneSpec, HeadSpec, build_backbone, build_head, default_cifar_stem
 from train.config import TrainConfig, from_dict, validate
-from train.monitor import knn_monitor
+from train.monitor import epoch_monitor
 from train.schemes import build_scheme, load_pretrained_head
 
 
@@ -210,7 +210,7 @@ class Trainer:
             "images_per_s": count / seconds if seconds > 0 else float("nan"),
         }
         if self.cfg.knn_every and (epoch % self.cfg.knn_every == 0 or epoch == self.cfg.epochs):
-            line.update(knn_monitor(self.backbone, self.data, self.cfg, self.device))
+            line.update(epoch_monitor(self.backbone, self.head, self.data, self.cfg, self.device))
         return line
 
     # ------------------------------------------------------------------ output
@@ -248,6 +248,7 @@ def format_metrics(line: dict) -> str:
              f"{line['seconds']:.1f} s", f"{line['images_per_s']:.0f} img/s"]
     if "knn_val" in line:
         parts.append(f"kNN(val) {100 * line['knn_val']:.2f}%")
+        parts.append(f"RankMe h {line['rankme_h']:.1f} z {line['rankme_z']:.1f}")
     return " | ".join(parts)
 
 
