@@ -94,6 +94,9 @@ def _normalization(ck: Checkpoint, normalize: str) -> tuple[tuple | None, tuple 
         raise UserError(f"unknown normalize '{normalize}'; use auto, none or imagenet")
     if ck.source != "repdiag-checkpoint":
         return IMAGENET_MEAN, IMAGENET_STD
+    norm = ck.extra.get("input_norm") if isinstance(ck.extra, dict) else None
+    if norm:  # what the run trained with (e.g. Z-score with its training statistics)
+        return tuple(norm["mean"]), tuple(norm["std"])
     if ck.config.get("augment", {}).get("normalize"):
         return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     return None, None

@@ -122,3 +122,22 @@ def test_epoch_monitor_rankme_sees_a_collapsed_head():
     assert out["rankme_h"] == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-3)
     assert out["rankme_z"] < 1.05 < out["rankme_h"]
     assert 0 <= out["knn_val"] <= 1
+
+
+def test_zscore_uses_train_statistics_and_extraction_reuses_them(tmp_path, monkeypatch):
+    from repdiag.data import load_dataset
+    from repdiag.features import _normalization
+
+    cfg = tiny_config("epochs=1", "knn_every=0", "augment.zscore=true")
+    trainer = Trainer(cfg, tmp_path, quiet=True)
+    x = load_dataset("synthetic", limit=96).train.images.double() / 255
+    expected_mean = x.mean(dim=(2, 3)).mean(dim=0)
+    expected_std = x.flatten(2).std(dim=2, correction=0).mean(dim=0)
+    mean, std = trainer.input_norm
+    torch.testing.assert_close(torch.tensor(mean).double(), expected_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(std).double(), expected_std, rtol=1e-5, atol=1e-6)
+    assert trainer.aug.mean is not None
+    trainer.run()
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert ck.extra["input_norm"] == {"mean": list(mean), "std": list(std)}
+    assert _normalization(ck, "auto") == (tuple(mean), tuple(std))

@@ -92,6 +92,10 @@ class AugmentSettings:
     gray_p: float = 0.2
     blur_p: float = 0.0
     normalize: bool = False
+    # per-channel Z-score with statistics of the training split only (paper S's statistic:
+    # mean over images of per-image channel means / stds); overrides ``normalize``. S
+    # normalised each split with its own statistics, a leak we do not copy.
+    zscore: bool = False
 
 
 @dataclass

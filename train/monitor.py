@@ -32,7 +32,7 @@ def fixed_subset(n: int, size: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=gen)[: min(n, size)]
 
 
-def epoch_monitor(backbone, head, data, cfg, device) -> dict:
+def epoch_monitor(backbone, head, data, cfg, device, mean=None, std=None) -> dict:
     """kNN accuracy of h and RankMe of H and Z on fixed subsets.
 
     kNN: k=cfg.knn_k, T=cfg.temperature; the memory bank is a fixed training
@@ -42,7 +42,6 @@ def epoch_monitor(backbone, head, data, cfg, device) -> dict:
     """
     if len(data.val) == 0:
         return {}
-    mean = std = (0.5, 0.5, 0.5) if cfg.augment.normalize else None
     tr = fixed_subset(len(data.train), cfg.knn_subset, cfg.seed + 1)
     va = fixed_subset(len(data.val), cfg.knn_subset, cfg.seed + 2)
     h_train = embed(backbone, data.train.images[tr], device, mean=mean, std=std)

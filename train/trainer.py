@@ -38,12 +38,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def augment_config(cfg: TrainConfig, image_size: int) -> AugmentConfig:
-    """The augmentation of paper G §5 with the run's settings."""
+def input_normalization(cfg: TrainConfig, data) -> tuple[tuple | None, tuple | None]:
+    """(mean, std) applied to every input: Z-score with train statistics, 0.5/0.5, or none."""
+    if cfg.augment.zscore:
+        from train.autoencoder import zscore_stats
+
+        mean, std = zscore_stats(data.train.images)
+        return tuple(mean.tolist()), tuple(std.tolist())
+    if cfg.augment.normalize:
+        return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    return None, None
+
+
+def augment_config(cfg: TrainConfig, image_size: int, mean=None, std=None) -> AugmentConfig:
+    """The augmentation of paper G §5 with the run's settings and input normalisation."""
     a = cfg.augment
     s = a.jitter_strength
-    mean = (0.5, 0.5, 0.5) if a.normalize else None
-    std = (0.5, 0.5, 0.5) if a.normalize else None
     return AugmentConfig(
         crop_scale=(a.crop_scale_min, a.crop_scale_max),
         flip_p=a.flip_p,
@@ -102,7 +112,8 @@ class Trainer:
             attach_ae_embedding(self.head, cfg, self.backbone.feature_dim, load=not resume)
         self.backbone.to(self.device)
         self.head.to(self.device)
-        self.aug = augment_config(cfg, self.image_size)
+        self.input_norm = input_normalization(cfg, self.data)
+        self.aug = augment_config(cfg, self.image_size, *self.input_norm)
         self.scheme = build_scheme(cfg, self.backbone, self.head)
         self.steps_per_epoch = max(1, len(self.data.train) // cfg.batch_size)
         self.scheduler = self._build_scheduler()
@@ -210,12 +221,15 @@ class Trainer:
             "images_per_s": count / seconds if seconds > 0 else float("nan"),
         }
         if self.cfg.knn_every and (epoch % self.cfg.knn_every == 0 or epoch == self.cfg.epochs):
-            line.update(epoch_monitor(self.backbone, self.head, self.data, self.cfg, self.device))
+            line.update(epoch_monitor(self.backbone, self.head, self.data, self.cfg, self.device,
+                                      *self.input_norm))
         return line
 
     # ------------------------------------------------------------------ output
     def _save(self, path: Path) -> None:
         extra = {"scheme": self.cfg.scheme.kind, **self.scheme.extra_state()}
+        if self.input_norm[0] is not None:
+            extra["input_norm"] = {"mean": list(self.input_norm[0]), "std": list(self.input_norm[1])}
         ck = make_checkpoint(
             config=self.cfg.to_dict(), backbone_spec=self.backbone_spec,
             head_spec=self.head_spec, backbone=self.backbone, head=self.head, epoch=self.epoch,
