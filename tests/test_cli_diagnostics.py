@@ -20,11 +20,6 @@ def ckpt(tmp_path_factory):
     return out / "last.pt"
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("REPDIAG_CACHE", str(tmp_path / "cache"))
-
-
 def _feature_file(path, m=24, d=6, rank_a=4, n_train=300, n_test=120, classes=3):
     g = torch.Generator().manual_seed(0)
     centers = torch.randn(classes, m, generator=g) * 3

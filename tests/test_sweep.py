@@ -101,8 +101,16 @@ def test_interrupted_sweep_restarts_without_redoing_finished_runs(tmp_path, monk
     res = pd.read_csv(out / "results.csv")
     assert list(res["run"]) == [first.name, second.name]
     assert list(res["head.kind"]) == ["linear", "mlp"] and list(res["epochs"]) == [2, 2]
-    assert {"loss", "knn_val", "seconds", "seed", "folder"} <= set(res.columns)
+    assert {"loss", "knn_val", "seconds", "seed", "folder", "knn_g_h", "knn_g_z"} <= set(res.columns)
     assert res["loss"].notna().all() and res["knn_val"].notna().all()
+    # the probe columns are the test accuracies that `repdiag probe` reports for that run
+    from repdiag.diagnose import probe_report
+    from repdiag.features import FeatureSource
+
+    direct = probe_report(FeatureSource(first / "last.pt"), "knn", ("h", "z"))["accuracy"]
+    assert res["knn_g_h"].iloc[0] == pytest.approx(direct["h"])
+    assert res["knn_g_z"].iloc[0] == pytest.approx(direct["z"])
+    assert (first / "probes.json").exists()
 
     # a third start does nothing at all
     resumed.clear()

@@ -26,7 +26,9 @@ Outputs (written atomically after every run):
 - ``DIR/results.csv``: one row per run: ``run``, the varying keys, ``seed``,
   ``status``, ``epochs``, ``seconds`` (sum over epochs) and the final epoch's
   metrics (``loss``, ``knn_val`` when the run computed it, any other number
-  logged in the last ``metrics.jsonl`` line).
+  logged in the last ``metrics.jsonl`` line), plus the test accuracies of the
+  grid's ``probes`` (default ``[knn]``; e.g. ``[knn, "linear:s"]``) on h and z,
+  as ``knn_g_h``, ``knn_g_z``, ... (cached in each run's ``probes.json``).
 - ``DIR/summary.csv``: one row per configuration (runs differing only in the
   seed), with ``n_seeds`` and, for each metric, the statistics paper S reports:
   ``_min``, ``_max``, ``_mean``, ``_range`` (max - min), ``_iqr`` (75th - 25th
@@ -50,7 +52,8 @@ import yaml
 from repdiag.errors import UserError
 from train.config import TrainConfig, load_config
 
-GRID_KEYS = ("base", "set", "grid", "seeds")
+GRID_KEYS = ("base", "set", "grid", "seeds", "probes")
+PROBE_KINDS = ("knn", "linear")
 BOOKKEEPING = ("epoch", "lr", "seconds", "images_per_s")
 STATS = ("min", "max", "mean", "range", "iqr", "std")
 MAX_NAME = 100
@@ -73,6 +76,7 @@ class Grid:
     fixed: list[str]
     grid: dict
     seeds: list[int] | None
+    probes: list[str] = field(default_factory=lambda: ["knn"])
 
 
 def _as_override_value(value) -> str:
@@ -137,7 +141,43 @@ def read_grid(path: str | os.PathLike) -> Grid:
                 or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
                 or len(set(seeds)) != len(seeds)):
             raise UserError(f"{path}: 'seeds' must be a non-empty list of distinct integers")
-    return Grid(base=base, fixed=fixed, grid=grid, seeds=seeds)
+    probes = tree.get("probes", ["knn"])
+    if probes is None:
+        probes = []
+    if not isinstance(probes, list) or any(
+            not isinstance(p, str) or p.partition(":")[0] not in PROBE_KINDS for p in probes):
+        raise UserError(f"{path}: 'probes' must be a list of knn, linear or PROBE:PRESET "
+                        "(e.g. linear:s); [] turns them off")
+    return Grid(base=base, fixed=fixed, grid=grid, seeds=seeds, probes=probes)
+
+
+def probe_accuracies(run_dir: Path, probes: list[str]) -> dict:
+    """Test accuracies of h and z for each probe of a finished run, cached in probes.json.
+
+    Columns are named ``{probe}_{preset}_{h|z}`` (e.g. ``knn_g_h``); the probe's
+    training set is the run's train split, nothing is selected on test.
+    """
+    if not probes:
+        return {}
+    from repdiag.diagnose import probe_report
+    from repdiag.features import FeatureSource
+
+    cache_file = run_dir / "probes.json"
+    cached = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    ckpt_mtime = (run_dir / "last.pt").stat().st_mtime
+    if cached.get("_last_pt_mtime") != ckpt_mtime:
+        cached = {"_last_pt_mtime": ckpt_mtime}
+    src = None
+    for spec in probes:
+        kind, _, preset = spec.partition(":")
+        preset = preset or {"knn": "g", "linear": "fast"}[kind]
+        if all(f"{kind}_{preset}_{f}" in cached for f in ("h", "z")):
+            continue
+        src = src or FeatureSource(run_dir / "last.pt")
+        rep = probe_report(src, kind, ("h", "z"), preset=preset)
+        cached.update({f"{kind}_{preset}_{f}": acc for f, acc in rep["accuracy"].items()})
+    _atomic_write_text(cache_file, json.dumps(cached))
+    return {k: v for k, v in cached.items() if not k.startswith("_")}
 
 
 def _safe(text: str) -> str:
@@ -217,7 +257,8 @@ def run_sweep(grid_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     except OSError as e:
         raise UserError(f"cannot write to --out {out}: {e.strerror or e}") from None
     _atomic_write_text(out / "grid.yaml", yaml.safe_dump(
-        {"base": grid.base, "set": grid.fixed, "grid": grid.grid, "seeds": grid.seeds},
+        {"base": grid.base, "set": grid.fixed, "grid": grid.grid, "seeds": grid.seeds,
+         "probes": grid.probes},
         sort_keys=False))
     rows: list[dict] = []
     counts = {"finished": 0, "resumed": 0, "started": 0, "skipped": 0}
@@ -249,7 +290,10 @@ def run_sweep(grid_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         counts["finished"] += status == "finished"
         if not quiet:
             print(f"[{i}/{len(runs)}] {run.name}: {action}", flush=True)
-        rows.append(_row(run, run_dir, metrics, status))
+        row = _row(run, run_dir, metrics, status)
+        if status == "finished":
+            row.update(probe_accuracies(run_dir, grid.probes))
+        rows.append(row)
         write_tables(rows, list(grid.grid), out)
     return {"out": str(out), "runs": len(runs), **counts,
             "results": str(out / "results.csv"), "summary": str(out / "summary.csv")}
