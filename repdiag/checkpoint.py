@@ -36,17 +36,17 @@ FORMAT = "repdiag-checkpoint"
 VERSION = 1
 
 
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """Write ``obj`` with torch.save to a temp file, fsync it, then rename over ``path``.
+def _atomic_write(path: str | os.PathLike, write, binary: bool = True) -> None:
+    """Call ``write(file)`` on a temp file beside ``path``, fsync it, then rename over ``path``.
 
-    A reader never sees a half-written file; a crash leaves the old file intact.
+    A reader never sees a half-written file; a failure leaves the old file intact.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -62,6 +62,16 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save(obj)`` to ``path`` atomically (temp file, fsync, rename)."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temp file, fsync, rename)."""
+    _atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def safe_torch_load(path: str | os.PathLike, what: str = "file") -> object:

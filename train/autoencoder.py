@@ -113,16 +113,12 @@ def validate_ae_config(cfg: AEConfig) -> None:
 
 def make_ae_config(data: str | None, overrides=()) -> AEConfig:
     """AEConfig from ``--data`` and ``key=value`` overrides, validated."""
-    from train.config import set_field
+    from train.config import apply_overrides
 
     cfg = AEConfig()
     if data is not None:
         cfg.data = data
-    for item in overrides:
-        if "=" not in item:
-            raise UserError(f"--set expects key=value, got '{item}'")
-        key, value = item.split("=", 1)
-        set_field(cfg, key.strip(), value.strip())
+    apply_overrides(cfg, overrides)
     validate_ae_config(cfg)
     return cfg
 

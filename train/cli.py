@@ -6,7 +6,7 @@ import argparse
 import json
 
 from repdiag.errors import UserError
-from train.config import list_presets, load_config, set_field, validate
+from train.config import apply_overrides, list_presets, load_config, validate
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -37,11 +37,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         cfg = config_from_checkpoint(args.resume)
-        for item in args.overrides:
-            if "=" not in item:
-                raise UserError(f"--set expects key=value, got '{item}'")
-            key, value = item.split("=", 1)
-            set_field(cfg, key.strip(), value.strip())
+        apply_overrides(cfg, args.overrides)
         validate(cfg)
         out, resume = args.resume, True
     else:

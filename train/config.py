@@ -160,13 +160,18 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     if not isinstance(tree, dict):
         raise UserError(f"{path}: expected a mapping of config keys at the top level")
     cfg = from_dict(TrainConfig, tree, where=str(path))
+    apply_overrides(cfg, overrides)
+    validate(cfg)
+    return cfg
+
+
+def apply_overrides(cfg, overrides) -> None:
+    """Apply ``--set key=value`` items (dotted keys, typed values) to a config dataclass."""
     for item in overrides:
         if "=" not in item:
             raise UserError(f"--set expects key=value, got '{item}'")
         key, value = item.split("=", 1)
         set_field(cfg, key.strip(), value.strip())
-    validate(cfg)
-    return cfg
 
 
 def from_dict(cls, tree: dict, where: str = "config"):

@@ -43,12 +43,12 @@ import itertools
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from repdiag.checkpoint import atomic_write_text
 from repdiag.errors import UserError
 from train.config import TrainConfig, load_config
 
@@ -176,7 +176,7 @@ def probe_accuracies(run_dir: Path, probes: list[str]) -> dict:
         src = src or FeatureSource(run_dir / "last.pt")
         rep = probe_report(src, kind, ("h", "z"), preset=preset)
         cached.update({f"{kind}_{preset}_{f}": acc for f, acc in rep["accuracy"].items()})
-    _atomic_write_text(cache_file, json.dumps(cached))
+    atomic_write_text(cache_file, json.dumps(cached))
     return {k: v for k, v in cached.items() if not k.startswith("_")}
 
 
@@ -256,7 +256,7 @@ def run_sweep(grid_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot write to --out {out}: {e.strerror or e}") from None
-    _atomic_write_text(out / "grid.yaml", yaml.safe_dump(
+    atomic_write_text(out / "grid.yaml", yaml.safe_dump(
         {"base": grid.base, "set": grid.fixed, "grid": grid.grid, "seeds": grid.seeds,
          "probes": grid.probes},
         sort_keys=False))
@@ -347,19 +347,5 @@ def write_tables(rows: list[dict], keys: list[str], out: Path) -> None:
     import pandas as pd
 
     results = pd.DataFrame(rows)
-    _atomic_write_text(out / "results.csv", results.to_csv(index=False))
-    _atomic_write_text(out / "summary.csv", summarize(results, keys).to_csv(index=False))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(out / "results.csv", results.to_csv(index=False))
+    atomic_write_text(out / "summary.csv", summarize(results, keys).to_csv(index=False))

@@ -20,7 +20,12 @@ import yaml
 from tqdm import tqdm
 
 from repdiag.augment import AugmentConfig, two_views
-from repdiag.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint
+from repdiag.checkpoint import (
+    atomic_torch_save,
+    atomic_write_text,
+    load_checkpoint,
+    make_checkpoint,
+)
 from repdiag.data import load_dataset
 from repdiag.errors import UserError
 from repdiag.models import BackboneSpec, HeadSpec, build_backbone, build_head, default_cifar_stem
@@ -239,16 +244,12 @@ class Trainer:
         atomic_torch_save(ck, path)
 
     def _write_config(self) -> None:
-        text = yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
-        tmp = self.out / ".config.yaml.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, self.out / "config.yaml")
+        atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
 
     def _rewrite_metrics(self) -> None:
         """metrics.jsonl holds exactly the epochs in the checkpoint (drops a lost epoch)."""
-        tmp = self.out / ".metrics.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(m) + "\n" for m in self.metrics))
-        os.replace(tmp, self.out / "metrics.jsonl")
+        atomic_write_text(self.out / "metrics.jsonl",
+                          "".join(json.dumps(m) + "\n" for m in self.metrics))
 
     def _append_metrics(self, line: dict) -> None:
         with open(self.out / "metrics.jsonl", "a") as f:
