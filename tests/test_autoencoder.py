@@ -123,8 +123,6 @@ def test_ae_head_refusals(tmp_path, ae_file):
     with pytest.raises(UserError, match="512") as e:
         load_config("fmnist-tiny", SIM + ["backbone=resnet50", f"head.ae_checkpoint={path}"])
     assert "resnet18/resnet34" in str(e.value)
-    with pytest.raises(UserError, match="ae_checkpoint"):
-        load_config("fmnist-tiny", SIM)
     with pytest.raises(UserError, match="latent size is 128"):
         cfg = load_config("fmnist-tiny", SIM + [f"head.ae_checkpoint={path}",
                                                 "head.hidden_dim=256"])
@@ -137,10 +135,23 @@ def test_ae_head_refusals(tmp_path, ae_file):
         attach_ae_embedding(None, cfg, 2048)
 
 
-def test_s_presets_load_and_need_the_autoencoder_file():
+def test_ae_head_without_checkpoint_trains_the_autoencoder_first(tmp_path):
+    from repdiag.checkpoint import load_checkpoint
+    from train.autoencoder import load_ae_embedding
+
+    cfg = load_config("fmnist-tiny", SIM + ["head.ae_epochs=1"])
+    Trainer(cfg, tmp_path, quiet=True).run()
+    ae_path = tmp_path / "autoencoder" / "autoencoder.pt"
+    emb = load_ae_embedding(ae_path)
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert ck.config["head"]["ae_checkpoint"] == str(ae_path) and emb["latent"] == 128
+    assert torch.equal(ck.head_state["net.0.weight"], emb["weight"])
+    assert torch.equal(ck.head_state["net.0.bias"], emb["bias"])
+
+
+def test_s_presets_load():
     for name in ("s-cifar10", "s-stl10", "s-imagenette", "s-fgvc-aircraft"):
-        with pytest.raises(UserError, match="ae_checkpoint"):
-            load_config(name)
+        assert load_config(name).head.ae_checkpoint is None  # trained first when left unset
         cfg = load_config(name, ["head.ae_checkpoint=/some/autoencoder.pt"])
         assert cfg.backbone == "resnet34" and cfg.cifar_stem is False
         assert cfg.pretrained_backbone == "imagenet" and cfg.head.batchnorm is False

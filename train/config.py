@@ -43,6 +43,9 @@ class HeadConfig:
     pretrained: str | None = None
     ae_checkpoint: str | None = None  # kind "ae": file written by `repdiag train-ae`
     ae_frozen: bool = True  # kind "ae": keep the embedding layer fixed (paper S)
+    # kind "ae" without ae_checkpoint: the trainer first trains paper S's autoencoder on the
+    # run's data (latent = hidden_dim) for this many epochs into OUT/autoencoder/
+    ae_epochs: int = 100
 
 
 @dataclass
@@ -312,9 +315,8 @@ def _validate_scheme(cfg: TrainConfig) -> None:
 def validate_ae_and_pretrained(cfg: TrainConfig) -> None:
     """Paper S's autoencoder head and ImageNet-initialised backbone: what can be checked early."""
     if cfg.head.kind == "ae":
-        if not cfg.head.ae_checkpoint:
-            raise UserError("head.kind=ae needs the autoencoder file: --set "
-                            "head.ae_checkpoint=PATH (written by `repdiag train-ae`)")
+        if cfg.head.ae_epochs < 1:
+            raise UserError(f"head.ae_epochs must be at least 1, got {cfg.head.ae_epochs}")
         if cfg.backbone not in ("resnet18", "resnet34") or cfg.width != 1:
             raise UserError(
                 f"head.kind=ae: the autoencoder embedding layer takes 512 inputs but "

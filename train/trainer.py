@@ -114,6 +114,9 @@ class Trainer:
         if h.kind == "ae":  # paper S: AE embedding as first layer, frozen before the optimizer
             from train.autoencoder import attach_ae_embedding
 
+            if not h.ae_checkpoint and not resume:
+                h.ae_checkpoint = self._train_autoencoder()
+
             attach_ae_embedding(self.head, cfg, self.backbone.feature_dim, load=not resume)
         self.backbone.to(self.device)
         self.head.to(self.device)
@@ -129,6 +132,28 @@ class Trainer:
             self._restore(self.out / "last.pt")
 
     # ------------------------------------------------------------------ set-up
+    def _train_autoencoder(self) -> str:
+        """Train paper S's autoencoder on the run's data into OUT/autoencoder; its path.
+
+        Used when head.kind=ae is given without head.ae_checkpoint; the path is
+        recorded in the run's config, so a resume reuses it.
+        """
+        from train.autoencoder import CHECKPOINT_NAME, AEConfig, train_autoencoder
+
+        cfg = self.cfg
+        ae_dir = self.out / "autoencoder"
+        path = ae_dir / CHECKPOINT_NAME
+        if not path.exists():
+            if not self.quiet:
+                tqdm.write(f"head.kind=ae without head.ae_checkpoint: training the autoencoder "
+                           f"(latent {cfg.head.hidden_dim}, {cfg.head.ae_epochs} epochs) "
+                           f"into {ae_dir}")
+            train_autoencoder(AEConfig(data=cfg.data, data_root=cfg.data_root,
+                                       data_limit=cfg.data_limit, val_fraction=cfg.val_fraction,
+                                       latent=cfg.head.hidden_dim, epochs=cfg.head.ae_epochs,
+                                       seed=cfg.seed, device=cfg.device), ae_dir, quiet=self.quiet)
+        return str(path)
+
     def _prepare_out_dir(self, resume: bool) -> None:
         try:
             (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
