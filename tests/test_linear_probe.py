@@ -8,14 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from repdiag.diagnostics import linear_probe
 from repdiag.errors import UserError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny problems: thread start-up dominates, and a shared busy machine makes it worse
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _clusters(n_train=1000, n_test=1000, m=30, c=5, seed=0, sep=0.6):

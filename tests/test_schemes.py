@@ -18,13 +18,7 @@ TINY = ["data=synthetic", "data_limit=40", "width=0.125", "batch_size=32", "knn_
         "scheme.slow_max_steps=20"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread (and do not spin against a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(*extra):

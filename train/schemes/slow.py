@@ -9,7 +9,19 @@ from train.monitor import fixed_subset
 from train.schemes.base import Scheme, build_optimizer, frozen_stats
 
 
-class SlowSingleScheme(Scheme):
+class _HeadOptimizerState:
+    """Keeps a slow scheme's separate head optimizer in the checkpoint for resume."""
+
+    def extra_state(self):
+        return {**super().extra_state(), "head_optimizer": self.head_optimizer.state_dict()}
+
+    def load_extra(self, extra):
+        super().load_extra(extra)
+        if "head_optimizer" in extra:
+            self.head_optimizer.load_state_dict(extra["head_optimizer"])
+
+
+class SlowSingleScheme(_HeadOptimizerState, Scheme):
     """The backbone trains against a fixed head; the head takes one step per epoch.
 
     Every mini-batch, one backward pass gives gradients for backbone and head;
@@ -47,16 +59,8 @@ class SlowSingleScheme(Scheme):
         self.head_optimizer.zero_grad(set_to_none=True)
         self.accumulated = 0
 
-    def extra_state(self):
-        return {**super().extra_state(), "head_optimizer": self.head_optimizer.state_dict()}
 
-    def load_extra(self, extra):
-        super().load_extra(extra)
-        if "head_optimizer" in extra:
-            self.head_optimizer.load_state_dict(extra["head_optimizer"])
-
-
-class SlowOptimalScheme(Scheme):
+class SlowOptimalScheme(_HeadOptimizerState, Scheme):
     """The backbone trains against a fixed head; at epoch end the head is optimised to convergence.
 
     At each epoch end, ``scheme.slow_subset`` training images (a fresh seeded
@@ -137,11 +141,3 @@ class SlowOptimalScheme(Scheme):
             return
         h1, h2 = self.subset_features(trainer)
         self.last_fit = self.fit_head(h1, h2)
-
-    def extra_state(self):
-        return {**super().extra_state(), "head_optimizer": self.head_optimizer.state_dict()}
-
-    def load_extra(self, extra):
-        super().load_extra(extra)
-        if "head_optimizer" in extra:
-            self.head_optimizer.load_state_dict(extra["head_optimizer"])
