@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from repdiag.diagnostics import knn_probe, knn_probe_split, nullspace
+from repdiag.diagnostics import knn_probe, knn_probe_split, nearest_neighbours, nullspace
 from repdiag.errors import UserError
 
 
@@ -145,3 +145,32 @@ def test_errors():
         knn_probe(xtr, ytr, xte, yte, k=0)
     with pytest.raises(UserError, match="orthonormal"):
         knn_probe_split(xtr, ytr, xte, yte, torch.ones(12, 2))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_nearest_neighbours_match_bruteforce(metric):
+    xtr, _, xte, _ = _data(n_train=200, n_test=50)
+    vals, idx = nearest_neighbours(xte, xtr, 7, metric=metric, chunk_size=9)
+    a, b = xte.numpy(), xtr.numpy()
+    if metric == "cosine":
+        full = (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (b / np.linalg.norm(b, axis=1)[:, None]).T
+        order = np.argsort(-full, axis=1)[:, :7]
+    else:
+        full = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+        order = np.argsort(full, axis=1)[:, :7]
+    np.testing.assert_array_equal(idx.numpy(), order)
+    np.testing.assert_allclose(vals.numpy(), np.take_along_axis(full, order, 1), rtol=1e-9, atol=1e-9)
+
+
+def test_nearest_neighbours_exclude_self_and_errors():
+    x = _data(n_train=60)[0]
+    vals, idx = nearest_neighbours(x, x, 5, metric="euclidean", exclude_self=True, chunk_size=7)
+    assert not (idx == torch.arange(60)[:, None]).any() and (vals > 0).all()
+    d = torch.cdist(x, x).fill_diagonal_(float("inf"))
+    np.testing.assert_allclose(vals.numpy(), d.topk(5, largest=False).values.numpy(), rtol=1e-9)
+    with pytest.raises(UserError, match="k must be an integer in 1..59"):
+        nearest_neighbours(x, x, 60, exclude_self=True)
+    with pytest.raises(UserError, match="metric"):
+        nearest_neighbours(x, x, 3, metric="manhattan")
+    with pytest.raises(UserError, match="features"):
+        nearest_neighbours(x, x[:, :3], 3)

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from repdiag.diagnostics import tsne
 from repdiag.errors import UserError
@@ -31,3 +32,21 @@ def test_errors():
         tsne(x, np.zeros(49, dtype=int))
     with pytest.raises(UserError, match="perplexity"):
         tsne(x, perplexity=30)
+
+
+def test_exact_affinities_equal_opentsne_exact():
+    from openTSNE.affinity import PerplexityBasedNN
+
+    from repdiag.diagnostics.tsne import exact_affinities
+
+    x = np.random.default_rng(1).standard_normal((400, 20))
+    ref = PerplexityBasedNN(x, perplexity=10, method="exact", random_state=0)
+    ours = exact_affinities(torch.from_numpy(x).float(), 10)
+    assert ours.P.nnz == ref.P.nnz
+    assert abs(ours.P - ref.P).max() < 1e-6 * ref.P.max()
+
+
+def test_annoy_neighbours_still_selectable():
+    x = np.random.default_rng(2).standard_normal((200, 5))
+    res = tsne(x, n_jobs=1, perplexity=10, n_iter=20, early_exaggeration_iter=10, neighbors="annoy")
+    assert res.params["neighbors"] == "annoy" and np.isfinite(res.embedding).all()

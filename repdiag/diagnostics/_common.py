@@ -43,7 +43,14 @@ def as_matrix(x: Any, name: str, *, min_rows: int = 1) -> torch.Tensor:
 
 
 def check_finite(x: torch.Tensor, name: str, chunk_size: int = DEFAULT_CHUNK) -> None:
-    """Raise UserError naming the first row that holds NaN or inf."""
+    """Raise UserError naming the first row that holds NaN or inf.
+
+    Fast path: a finite sum proves every element finite (NaN and ±inf
+    propagate through a sum), one cheap pass; only a non-finite sum (a bad value,
+    or an overflow of huge finite ones) pays for the element-wise scan.
+    """
+    if x.numel() == 0 or math.isfinite(float(x.sum())):
+        return
     for start in range(0, x.shape[0], chunk_size):
         ok = torch.isfinite(x[start : start + chunk_size])
         if not bool(ok.all()):
