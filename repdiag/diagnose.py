@@ -11,9 +11,11 @@ from __future__ import annotations
 import torch
 
 from repdiag.diagnostics import (
+    head_svd,
     knn_probe,
     knn_probe_split,
     linear_probe,
+    linear_probe_split,
     nullspace,
     rank,
     spectrum,
@@ -85,49 +87,41 @@ def probe_report(src: FeatureSource, probe: str = "knn", on: str | tuple[str, ..
     train, test = src.get("train"), src.get("test")
     results = {}
     need_split = [n for n in names if n in ("h_r", "h_n")]
-    split = None
+    svd = None
     if need_split:
         if train.weight is None:
             raise UserError("h_r/h_n need the head's linear map, and these features have none")
-        split = nullspace(train.h, train.weight)
-    if probe == "knn":
-        if split is not None:
-            trio = knn_probe_split(train.h, train.y, test.h, test.y, split.basis,
-                                   preset=preset or "g")
-            results.update({n: trio[n] for n in names if n in trio})
-        for n in names:
-            if n not in results:
-                tr, te = _pair(train, test, n, split)
-                results[n] = knn_probe(tr, train.y, te, test.y, preset=preset or "g")
-    else:
-        for n in names:
-            tr, te = _pair(train, test, n, split)
+        svd = head_svd(train.weight)
+    if svd is not None:  # h, h_r, h_n together, without forming h_r or h_n
+        if probe == "knn":
+            trio = knn_probe_split(train.h, train.y, test.h, test.y, svd.basis, preset=preset or "g")
+        else:
+            trio = linear_probe_split(train.h, train.y, test.h, test.y, svd.basis,
+                                      preset=preset or "fast", seed=seed)
+        results.update({n: trio[n] for n in names if n in trio})
+    for n in names:
+        if n in results:
+            continue
+        tr, te = _pair(train, test, n)
+        if probe == "knn":
+            results[n] = knn_probe(tr, train.y, te, test.y, preset=preset or "g")
+        else:
             results[n] = linear_probe(tr, train.y, te, test.y, preset=preset or "fast", seed=seed)
     first = next(iter(results.values()))
     out = {"probe": probe, "protocol": first.protocol,
            "accuracy": {n: float(results[n].accuracy) for n in names},
            "n_train": first.n_train, "n_test": first.n_test}
-    if split is not None:
-        out.update(head_rank=split.head_rank, residual=split.residual, tol=split.tol)
+    if svd is not None:
+        out.update(head_rank=svd.rank, tol=svd.tol)
     return out
 
 
-def _pair(train: FeatureSet, test: FeatureSet, name: str, split) -> tuple:
+def _pair(train: FeatureSet, test: FeatureSet, name: str) -> tuple:
     if name == "h":
         return train.h, test.h
-    if name == "z":
-        if train.z is None or test.z is None:
-            raise UserError("these features hold no z (head output); drop z from --on")
-        return train.z, test.z
-    Q = split.basis.to(train.h.dtype)
-
-    def proj(h):
-        return (h @ Q) @ Q.T
-
-    tr_r, te_r = proj(train.h), proj(test.h)
-    if name == "h_r":
-        return tr_r, te_r
-    return train.h - tr_r, test.h - te_r
+    if train.z is None or test.z is None:
+        raise UserError("these features hold no z (head output); drop z from --on")
+    return train.z, test.z
 
 
 def nullspace_report(src: FeatureSource, probe: str = "knn", *, preset: str | None = None,

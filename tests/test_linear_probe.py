@@ -108,3 +108,36 @@ def test_sklearn_reference_is_what_we_think():
     y = np.arange(50) % 3
     assert LogisticRegression().get_params()["C"] == 1.0
     assert LogisticRegression().fit(x, y).coef_.shape == (3, 3)  # full multinomial W
+
+
+@pytest.mark.parametrize("standardize", [True, False])
+def test_split_equals_probes_on_formed_h_r_h_n(standardize):
+    from repdiag.diagnostics import head_svd, linear_probe_split
+
+    xtr, ytr, xte, yte = _clusters(n_train=600, n_test=400, m=24, sep=1.0)
+    xtr, xte = xtr.double(), xte.double()
+    A = torch.randn(6, 24, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    Q = head_svd(A).basis
+    split = linear_probe_split(xtr, ytr, xte, yte, Q, standardize=standardize)
+    formed = {"h": (xtr, xte), "h_r": (xtr @ Q @ Q.T, xte @ Q @ Q.T)}
+    formed["h_n"] = (xtr - formed["h_r"][0], xte - formed["h_r"][1])
+    for key, (tr, te) in formed.items():
+        ref = linear_probe(tr, ytr, te, yte, standardize=standardize)
+        assert torch.equal(split[key].predictions, ref.predictions), key
+        assert split[key].details["final_loss"] == pytest.approx(ref.details["final_loss"], rel=1e-9)
+        assert split[key].protocol["features"] == key and split[key].protocol["head_rank"] == 6
+    # h_n carries information here, h_r (6 of 24 directions) less
+    assert split["h"].accuracy > 0.5 and split["h_r"].accuracy < split["h"].accuracy
+
+
+def test_split_other_presets_form_the_features():
+    from repdiag.diagnostics import head_svd, linear_probe_split
+
+    xtr, ytr, xte, yte = _clusters(n_train=200, n_test=100, m=12, sep=2.0)
+    Q = head_svd(torch.randn(3, 12, generator=torch.Generator().manual_seed(0))).basis
+    out = linear_probe_split(xtr, ytr, xte, yte, Q, preset="g", epochs=2)
+    P = Q.float() @ Q.float().T
+    ref = linear_probe(xtr - xtr @ P, ytr, xte - xte @ P, yte, preset="g", epochs=2, seed=0)
+    assert torch.equal(out["h_n"].predictions, ref.predictions)
+    with pytest.raises(UserError, match="does not apply"):
+        linear_probe_split(xtr, ytr, xte, yte, Q, epochs=3)

@@ -6,7 +6,7 @@ Each result has ``to_dict()`` returning JSON-serialisable plain types.
 from repdiag.diagnostics._common import ProbeResult, Result
 from repdiag.diagnostics.cka import cka
 from repdiag.diagnostics.knn import KNN_PRESETS, knn_probe, knn_probe_split, nearest_neighbours
-from repdiag.diagnostics.linear_probe import LINEAR_PRESETS, linear_probe
+from repdiag.diagnostics.linear_probe import LINEAR_PRESETS, linear_probe, linear_probe_split
 from repdiag.diagnostics.nullspace import (
     HeadSVD,
     NullspaceResult,
@@ -45,6 +45,7 @@ __all__ = [
     "knn_probe",
     "knn_probe_split",
     "linear_probe",
+    "linear_probe_split",
     "nearest_neighbours",
     "nullspace",
     "participation_ratio",

@@ -82,6 +82,20 @@ def as_labels(y: Any, n: int, name: str, device: torch.device) -> torch.Tensor:
     return y
 
 
+def as_basis(basis: Any, m: int) -> torch.Tensor:
+    """Q (m×r, orthonormal columns) from a tensor or an object with ``.basis``, or UserError."""
+    if hasattr(basis, "basis"):
+        basis = basis.basis
+    Q = as_matrix(basis, "basis")
+    if Q.shape[0] != m or Q.shape[1] > m:
+        raise UserError(f"basis must be (m x r) with m = {m} features, got {tuple(Q.shape)}")
+    gram = Q.T.to(torch.float64) @ Q.to(torch.float64)
+    err = float((gram - torch.eye(Q.shape[1], dtype=torch.float64, device=Q.device)).abs().max())
+    if err > 1e-4:
+        raise UserError(f"basis columns are not orthonormal (max |QᵀQ - I| = {err:.2g})")
+    return Q
+
+
 def check_chunk(chunk_size: int | None, default: int = DEFAULT_CHUNK) -> int:
     if chunk_size is None:
         return default

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from repdiag.diagnostics._common import ProbeResult, as_labels, as_matrix, check_chunk
+from repdiag.diagnostics._common import ProbeResult, as_basis, as_labels, as_matrix, check_chunk
 from repdiag.errors import UserError
 
 #: Protocol presets of the peers (REFERENCES.md "Protocols of the peers").
@@ -186,19 +186,6 @@ def knn_probe(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, k: int | 
     return _result(pred, yte, p, tr.shape[0], k_used)
 
 
-def _basis(basis: Any, m: int) -> torch.Tensor:
-    if hasattr(basis, "basis"):
-        basis = basis.basis
-    Q = as_matrix(basis, "basis")
-    if Q.shape[0] != m or Q.shape[1] > m:
-        raise UserError(f"basis must be (m x r) with m = {m} features, got {tuple(Q.shape)}")
-    gram = Q.T.to(torch.float64) @ Q.to(torch.float64)
-    err = float((gram - torch.eye(Q.shape[1], dtype=torch.float64, device=Q.device)).abs().max())
-    if err > 1e-4:
-        raise UserError(f"basis columns are not orthonormal (max |QᵀQ - I| = {err:.2g})")
-    return Q
-
-
 def knn_probe_split(train_h: Any, train_y: Any, test_h: Any, test_y: Any, basis: Any, *,
                     k: int | None = None, temperature: float | None = None,
                     preset: str | None = None, num_classes: int | None = None,
@@ -217,7 +204,7 @@ def knn_probe_split(train_h: Any, train_y: Any, test_h: Any, test_y: Any, basis:
     p = _resolve(preset, k, temperature, distance)
     tr, ytr, te, yte, dtype, C = _prepare(train_h, train_y, test_h, test_y, num_classes,
                                           names=("train_h", "test_h"))
-    Q = _basis(basis, tr.shape[1]).to(device=tr.device, dtype=dtype)
+    Q = as_basis(basis, tr.shape[1]).to(device=tr.device, dtype=dtype)
     k_used = min(p["k"], tr.shape[0])
     cosine = p["distance"] == "cosine"
     trP = tr @ Q

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from repdiag.diagnostics._common import ProbeResult, as_labels, as_matrix
+from repdiag.diagnostics._common import ProbeResult, as_basis, as_labels, as_matrix
+from repdiag.diagnostics.logistic import Design, fit_lbfgs
 from repdiag.errors import UserError
 
 LINEAR_PRESETS: dict[str, dict[str, Any]] = {
@@ -47,10 +48,22 @@ def _settings(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
     return p
 
 
+def _moments(x: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column mean and population standard deviation (a zero deviation becomes 1).
+
+    Two chunked passes (sum, then centred squares): 20x faster than
+    ``Tensor.std(dim=0)`` on a tall CPU matrix, whose column reduction is strided.
+    """
+    mean = x.sum(dim=0) / x.shape[0]
+    ss = torch.zeros_like(mean)
+    for s in range(0, x.shape[0], chunk):
+        ss += (x[s : s + chunk] - mean).square_().sum(dim=0)
+    std = (ss / x.shape[0]).sqrt_()
+    return mean, torch.where(std > 0, std, torch.ones_like(std))
+
+
 def _standardizer(x: torch.Tensor):
-    mean = x.mean(dim=0)
-    std = x.std(dim=0, unbiased=False)
-    std = torch.where(std > 0, std, torch.ones_like(std))
+    mean, std = _moments(x)
     return lambda z: (z - mean) / std
 
 
@@ -72,36 +85,6 @@ def _predict(lin, x: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
 
 def _acc(pred: torch.Tensor, y: torch.Tensor) -> float:
     return float((pred == y).to(torch.float64).mean())
-
-
-def _fit_fast(x, y, C_classes, p):
-    """Multinomial logistic regression, full batch, L-BFGS (strong Wolfe)."""
-    n, m = x.shape
-    W = torch.zeros(C_classes, m, dtype=x.dtype, device=x.device, requires_grad=True)
-    b = torch.zeros(C_classes, dtype=x.dtype, device=x.device, requires_grad=True)
-    lam = 1.0 / (p["C"] * n)
-    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=p["max_iter"], history_size=20,
-                            tolerance_grad=p["tolerance_grad"], tolerance_change=1e-12,
-                            line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(torch.addmm(b, x, W.T), y) + 0.5 * lam * W.square().sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    loss = closure().detach()
-    gmax = float(max(W.grad.abs().max(), b.grad.abs().max()))
-    lin = torch.nn.utils.skip_init(torch.nn.Linear, m, C_classes, device=x.device, dtype=x.dtype)
-    with torch.no_grad():
-        lin.weight.copy_(W)
-        lin.bias.copy_(b)
-    state = opt.state[W]
-    info = {"n_iter": int(state.get("n_iter", 0)), "final_loss": float(loss),
-            "max_abs_grad": gmax, "l2_lambda": lam,
-            "stopped_before_max_iter": int(state.get("n_iter", 0)) < p["max_iter"]}
-    return lin, info
 
 
 def _fit_minibatch(x, y, C_classes, p, seed, optim: str, val=None):
@@ -222,21 +205,36 @@ def linear_probe(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, preset
         num_classes = top
     elif num_classes < top:
         raise UserError(f"num_classes={num_classes} but the labels go up to {top - 1}")
-    if p["standardize"]:
-        f = _standardizer(xtr)
-        xtr, te = f(xtr), f(te)
-        xva = None if xva is None else f(xva)
     if preset == "fast":
-        lin, info = _fit_fast(xtr, ytr, num_classes, p)
-    elif preset == "g":
-        lin, info = _fit_minibatch(xtr, ytr, num_classes, p, seed, "adam")
+        mean, scale = _moments(xtr) if p["standardize"] else (None, None)
+        design = Design(xtr, mean, scale)
+        W, b, info = fit_lbfgs(design, ytr, num_classes, C=p["C"], max_iter=p["max_iter"],
+                               tolerance_grad=p["tolerance_grad"])
+
+        def predict(x):
+            return design.logits(W, b, x).argmax(dim=1)
     else:
-        lin, info = _fit_minibatch(xtr, ytr, num_classes, p, seed, "sgd", val=(xva, yva))
+        if p["standardize"]:
+            f = _standardizer(xtr)
+            xtr, te = f(xtr), f(te)
+            xva = None if xva is None else f(xva)
+        optim = "adam" if preset == "g" else "sgd"
+        lin, info = _fit_minibatch(xtr, ytr, num_classes, p, seed, optim,
+                                   val=None if preset == "g" else (xva, yva))
+
+        def predict(x):
+            return _predict(lin, x)
     details.update(info)
-    details["train_accuracy"] = _acc(_predict(lin, xtr), ytr)
+    details["train_accuracy"] = _acc(predict(xtr), ytr)
     if xva is not None:
-        details["val_accuracy"] = _acc(_predict(lin, xva), yva)
-    pred = _predict(lin, te)
+        details["val_accuracy"] = _acc(predict(xva), yva)
+    pred = predict(te)
+    return ProbeResult(accuracy=_acc(pred, yte), protocol=_protocol(preset, p, seed, dtype),
+                       n_train=int(xtr.shape[0]), n_test=int(te.shape[0]), predictions=pred,
+                       n_val=None if xva is None else int(xva.shape[0]), details=details)
+
+
+def _protocol(preset: str, p: dict, seed: int, dtype: torch.dtype) -> dict:
     proto = {"name": "linear", "preset": preset, "seed": int(seed), "dtype": str(dtype), **p}
     if preset == "fast":
         proto.update(solver="lbfgs-strong-wolfe", objective="mean CE + 0.5/(C*N)*||W||^2")
@@ -245,6 +243,121 @@ def linear_probe(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, preset
     else:
         proto.update(optimizer="sgd", scheduler="ReduceLROnPlateau(val loss)",
                      selection="best validation loss", source="test split only")
-    return ProbeResult(accuracy=_acc(pred, yte), protocol=proto, n_train=int(xtr.shape[0]),
-                       n_test=int(te.shape[0]), predictions=pred,
-                       n_val=None if xva is None else int(xva.shape[0]), details=details)
+    return proto
+
+
+#: a range/null-space coordinate whose spread is below this fraction of h's is
+#: constant at float32 resolution and is left unscaled (as a zero deviation)
+_SPLIT_STD_FLOOR = 1e-6
+
+
+def _split_designs(x: torch.Tensor, Q: torch.Tensor, standardize: bool,
+                   chunk: int = 4096) -> dict[str, Design]:
+    """Designs for h, h_r = hQQᵀ and h_n = h − h_r over the stored h and hQ (never formed).
+
+    Standardisation statistics of h_r and h_n come from float64 moments of h and
+    hQ: var(h_r)_j = (Q Σ_Q Qᵀ)_jj, var(h_n)_j = var(h)_j − 2(Σ_hQ Qᵀ)_jj + var(h_r)_j,
+    with Σ_Q = cov(hQ) and Σ_hQ = cov(h, hQ).
+    """
+    m = x.shape[1]
+    hq = x @ Q
+
+    def range_to(V):
+        return V @ Q
+
+    def range_from(G):
+        return G @ Q.T
+
+    def null(V):
+        return V - (V @ Q) @ Q.T
+
+    if not standardize:
+        return {"h": Design(x), "h_r": Design(hq, to_data=range_to, from_data=range_from, dim=m),
+                "h_n": Design(x, to_data=null, from_data=null)}
+    n, r = x.shape[0], Q.shape[1]
+    f64 = dict(dtype=torch.float64, device=x.device)
+    mean = x.sum(dim=0, dtype=torch.float64) / n
+    mean_q = hq.sum(dim=0, dtype=torch.float64) / n
+    var_h, cov_hq, cov_q = torch.zeros(m, **f64), torch.zeros(m, r, **f64), torch.zeros(r, r, **f64)
+    for s in range(0, n, chunk):
+        c = x[s : s + chunk].to(torch.float64) - mean
+        cq = hq[s : s + chunk].to(torch.float64) - mean_q
+        var_h += c.square().sum(dim=0)
+        cov_hq.addmm_(c.T, cq)
+        cov_q.addmm_(cq.T, cq)
+    Q64 = Q.to(torch.float64)
+    var_h, cov_hq, cov_q = var_h / n, cov_hq / n, cov_q / n
+    var_r = ((Q64 @ cov_q) * Q64).sum(dim=1)
+    var_n = var_h - 2.0 * (cov_hq * Q64).sum(dim=1) + var_r
+    std_h = var_h.sqrt()
+    floor = _SPLIT_STD_FLOOR * std_h
+
+    def scale(var):
+        std = var.clamp_min(0).sqrt()
+        return torch.where(std > floor, std, torch.ones_like(std)).to(x.dtype)
+
+    mean_h, std_h_used = _moments(x)
+    return {"h": Design(x, mean_h, std_h_used),
+            "h_r": Design(hq, mean_q.to(x.dtype), scale(var_r), range_to, range_from, dim=m),
+            "h_n": Design(x, mean.to(x.dtype), scale(var_n), null, null)}
+
+
+def linear_probe_split(train_h: Any, train_y: Any, test_h: Any, test_y: Any, basis: Any, *,
+                       preset: str = "fast", seed: int = 0, device: Any = None,
+                       num_classes: int | None = None, **overrides: Any) -> dict[str, ProbeResult]:
+    """Linear probes on h, h_r = A⁺A h and h_n = h − h_r (paper G eq. 4, Fig. 4).
+
+    ``basis`` is Q (m×r, orthonormal, the head's row space) or a NullspaceResult /
+    HeadSVD carrying it.  With the ``"fast"`` preset h_r and h_n are never
+    formed: the probe on h_r streams the r-dimensional hQ and the probe on h_n
+    streams h with weights projected by I − QQᵀ (same objective, same L-BFGS
+    iterates as :func:`linear_probe` on the formed features, up to round-off),
+    so the three probes cost about two passes of one.  Other presets form the
+    features and call :func:`linear_probe`.  Keyword overrides as
+    :func:`linear_probe`.  Returns {"h", "h_r", "h_n"}.
+    """
+    te = as_matrix(test_h, "test_h")
+    Q = as_basis(basis, te.shape[1])
+    if preset != "fast":
+        Qd = Q.to(te.dtype)
+
+        def parts(h):
+            if h is None:
+                return {"h": None, "h_r": None, "h_n": None}
+            h = as_matrix(h, "train_h")
+            hr = (h @ Qd.to(h.device, h.dtype)) @ Qd.to(h.device, h.dtype).T
+            return {"h": h, "h_r": hr, "h_n": h - hr}
+
+        tr_parts, te_parts = parts(train_h), parts(te)
+        return {key: linear_probe(tr_parts[key], train_y, te_parts[key], test_y, preset=preset,
+                                  seed=seed, device=device, num_classes=num_classes, **overrides)
+                for key in ("h", "h_r", "h_n")}
+    p = _settings(preset, overrides)
+    dev = torch.device(device) if device is not None else te.device
+    if train_h is None or train_y is None:
+        raise UserError("linear-probe preset 'fast' needs train_h and train_y")
+    xtr = as_matrix(train_h, "train_h").to(dev)
+    if xtr.shape[1] != te.shape[1]:
+        raise UserError(f"train_h has {xtr.shape[1]} features but test_h has {te.shape[1]}")
+    dtype = torch.promote_types(xtr.dtype, te.dtype)
+    xtr, te = xtr.to(dtype), te.to(device=dev, dtype=dtype)
+    ytr = as_labels(train_y, xtr.shape[0], "train_y", dev)
+    yte = as_labels(test_y, te.shape[0], "test_y", dev)
+    top = max(int(ytr.max()), int(yte.max())) + 1
+    if num_classes is None:
+        num_classes = top
+    elif num_classes < top:
+        raise UserError(f"num_classes={num_classes} but the labels go up to {top - 1}")
+    Q = Q.to(device=dev, dtype=dtype)
+    designs = _split_designs(xtr, Q, p["standardize"])
+    test_data = {"h": te, "h_r": te @ Q, "h_n": te}
+    out = {}
+    for key, design in designs.items():
+        W, b, info = fit_lbfgs(design, ytr, num_classes, C=p["C"], max_iter=p["max_iter"],
+                               tolerance_grad=p["tolerance_grad"])
+        pred = design.logits(W, b, test_data[key]).argmax(dim=1)
+        info["train_accuracy"] = _acc(design.logits(W, b).argmax(dim=1), ytr)
+        proto = {**_protocol(preset, p, seed, dtype), "features": key, "head_rank": int(Q.shape[1])}
+        out[key] = ProbeResult(accuracy=_acc(pred, yte), protocol=proto, n_train=int(xtr.shape[0]),
+                               n_test=int(te.shape[0]), predictions=pred, details=info)
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import torch
@@ -15,12 +16,14 @@ from repdiag.errors import UserError
 class NullspaceResult(Result):
     """h = h_r + h_n with h_r = A⁺A h in A's row space and h_n in A's null space.
 
-    ``basis`` Q (m×r, float64, orthonormal) spans the row space R(Aᵀ); ``h_r``,
-    ``h_n`` and ``basis`` are left out of ``to_dict()``.
+    ``basis`` Q (m×r, float64, orthonormal) spans the row space R(Aᵀ).  ``h_r``
+    and ``h_n`` are formed on first access (h_r = (HQ)Qᵀ, h_n = H − h_r, in H's
+    dtype) and cached: the probes never need them (see ``knn_probe_split``,
+    ``linear_probe_split``).  ``features``, ``basis``, ``h_r`` and ``h_n`` are left
+    out of ``to_dict()``.
     """
 
-    h_r: torch.Tensor = dataclasses.field(metadata=EXCLUDE)
-    h_n: torch.Tensor = dataclasses.field(metadata=EXCLUDE)
+    features: torch.Tensor = dataclasses.field(metadata=EXCLUDE, repr=False)
     basis: torch.Tensor = dataclasses.field(metadata=EXCLUDE)
     singular_values: torch.Tensor
     head_rank: int
@@ -32,6 +35,17 @@ class NullspaceResult(Result):
     dim: int
     out_dim: int
     bias_norm: float | None = None
+
+    @functools.cached_property
+    def h_r(self) -> torch.Tensor:
+        """Range part A⁺A h = (HQ)Qᵀ (N×m), formed on first access."""
+        Q = self.basis.to(device=self.features.device, dtype=self.features.dtype)
+        return (self.features @ Q) @ Q.T
+
+    @functools.cached_property
+    def h_n(self) -> torch.Tensor:
+        """Null-space part h − h_r (N×m), formed on first access."""
+        return self.features - self.h_r
 
 
 @dataclasses.dataclass
@@ -86,7 +100,7 @@ def nullspace(H: Any, A: Any, *, rtol: float | None = None, bias: Any = None,
     cut-off (see :func:`head_svd`), h_n = h − h_r, so h_r ⟂ h_n and A h_n ≈ 0.
     The bias b does not change the split (it shifts every z equally); when
     given it is only checked and its norm reported.  Computation runs on H's
-    device in H's dtype, chunked over rows.
+    device in H's dtype, chunked over rows; h_r and h_n are only formed if asked for.
 
     ``residual`` = max_i ‖A h_n,i‖ / max_i ‖A h_i‖ (a round-off check, ~1e-6 in
     float32); ``energy_range`` = ‖H_r‖²_F / ‖H‖²_F.
@@ -109,24 +123,20 @@ def nullspace(H: Any, A: Any, *, rtol: float | None = None, bias: Any = None,
     Q = svd.basis.to(device=H.device)
     Qc = Q.to(H.dtype)
     Ac = A_t.to(device=H.device, dtype=H.dtype)
-    h_r = torch.empty_like(H)
-    h_n = torch.empty_like(H)
     max_ah = torch.zeros((), dtype=torch.float64, device=H.device)
     max_ahn = torch.zeros((), dtype=torch.float64, device=H.device)
     e_h = torch.zeros((), dtype=torch.float64, device=H.device)
     e_r = torch.zeros((), dtype=torch.float64, device=H.device)
     for s in range(0, H.shape[0], cs):
         x = H[s : s + cs]
-        xr = (x @ Qc) @ Qc.T
-        xn = x - xr
-        h_r[s : s + cs] = xr
-        h_n[s : s + cs] = xn
+        xq = x @ Qc
+        xn = x - xq @ Qc.T
         max_ah = torch.maximum(max_ah, torch.linalg.vector_norm(x @ Ac.T, dim=1).max().double())
         max_ahn = torch.maximum(max_ahn, torch.linalg.vector_norm(xn @ Ac.T, dim=1).max().double())
-        e_h += x.double().square().sum()
-        e_r += xr.double().square().sum()
+        e_h += torch.linalg.vector_norm(x).double().square()
+        e_r += torch.linalg.vector_norm(xq).double().square()  # ‖h_r‖ = ‖Qᵀh‖ (Q orthonormal)
     residual = 0.0 if float(max_ah) == 0.0 else float(max_ahn / max_ah)
     energy = 0.0 if float(e_h) == 0.0 else float(e_r / e_h)
-    return NullspaceResult(h_r=h_r, h_n=h_n, basis=Q, singular_values=svd.S, head_rank=svd.rank,
+    return NullspaceResult(features=H, basis=Q, singular_values=svd.S, head_rank=svd.rank,
                            tol=svd.tol, rtol=svd.rtol, residual=residual, energy_range=energy,
                            n=int(H.shape[0]), dim=int(m), out_dim=int(d), bias_norm=bias_norm)
