@@ -17,11 +17,14 @@ from repdiag.diagnostics import (
     knn_probe,
     knn_probe_split,
     linear_probe,
+    linear_probe_split,
+    nearest_neighbours,
     nullspace,
     participation_ratio,
     rank,
     rank_deficit,
     spectrum,
+    spectrum_rank,
     tsne,
 )
 from repdiag.errors import UserError
@@ -50,8 +53,10 @@ __all__ = [
     "knn_probe",
     "knn_probe_split",
     "linear_probe",
+    "linear_probe_split",
     "load_checkpoint",
     "load_features",
+    "nearest_neighbours",
     "nullspace",
     "participation_ratio",
     "probe_figure",
@@ -63,6 +68,7 @@ __all__ = [
     "save_features",
     "spectrum",
     "spectrum_figure",
+    "spectrum_rank",
     "tsne",
     "tsne_figure",
 ]

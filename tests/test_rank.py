@@ -119,3 +119,22 @@ def test_gram_route_refused_for_float64():
     with pytest.raises(UserError, match="not accurate enough for float64"):
         rank(torch.randn(100, 5, dtype=torch.float64), method="gram")
     assert rank(torch.randn(100, 5, dtype=torch.float64)).method == "svd"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spectrum_rank_equals_separate_calls(dtype):
+    from repdiag.diagnostics import spectrum, spectrum_rank
+
+    g = torch.Generator().manual_seed(5)
+    X = (torch.randn(400, 6, generator=g, dtype=torch.float64) @ torch.randn(6, 20, generator=g,
+                                                                           dtype=torch.float64) + 3.0)
+    X = X.to(dtype)
+    spec, r = spectrum_rank(X)
+    ref_r, ref_s = rank(X), spectrum(X)
+    # uncentred rank: 6 factors + the mean direction
+    assert r.rank == ref_r.rank == 7 and r.tol == ref_r.tol and r.method == ref_r.method
+    top = float(ref_s.eigenvalues[0])
+    torch.testing.assert_close(spec.eigenvalues, ref_s.eigenvalues, rtol=1e-9, atol=1e-9 * top)
+    ref = np.linalg.eigvalsh(np.cov(X.double().numpy(), rowvar=False))[::-1]
+    np.testing.assert_allclose(spec.eigenvalues[:6].numpy(), ref[:6].copy(), rtol=1e-5)
+    assert spec.n == 400 and spec.dim == 20 and not spec.normalized

@@ -14,7 +14,14 @@ from repdiag.diagnostics.nullspace import (
     nullspace,
     pinv_from_svd,
 )
-from repdiag.diagnostics.rank import RankDeficitResult, RankResult, entropy_rank, rank, rank_deficit
+from repdiag.diagnostics.rank import (
+    RankDeficitResult,
+    RankResult,
+    entropy_rank,
+    rank,
+    rank_deficit,
+    spectrum_rank,
+)
 from repdiag.diagnostics.spectrum import (
     AlphaReqResult,
     SpectrumResult,
@@ -53,5 +60,6 @@ __all__ = [
     "rank",
     "rank_deficit",
     "spectrum",
+    "spectrum_rank",
     "tsne",
 ]

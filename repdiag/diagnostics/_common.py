@@ -109,28 +109,45 @@ def check_rtol(rtol: float | None, name: str = "rtol") -> None:
         raise UserError(f"{name} must be a non-negative finite number, got {rtol!r}")
 
 
-def gram_centred(x: torch.Tensor, chunk_size: int, y: torch.Tensor | None = None):
-    """Chunked float64 column means and centred cross products.
+def _column_mean(x: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Column mean in float64 from per-chunk sums (chunks summed in x's dtype)."""
+    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    for s in range(0, x.shape[0], chunk_size):
+        total += x[s : s + chunk_size].sum(dim=0).to(torch.float64)
+    return total / x.shape[0]
 
-    Returns ``(mean_x, XcᵀXc)`` or, with ``y``, ``(XcᵀXc, YcᵀXc, YcᵀYc)``.  The
-    mean is taken first (one pass) and each chunk is centred before its product,
-    which avoids the cancellation of the one-pass ``ΣxxᵀΣ - n·μμᵀ`` formula.
+
+def scatter(x: torch.Tensor, chunk_size: int = DEFAULT_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column mean μ and centred scatter matrix S = Σ_i (x_i − μ)(x_i − μ)ᵀ, both float64.
+
+    Two passes: the mean first, then each row chunk is centred in float64 before
+    its product (no cancellation from the one-pass ΣxxᵀΣ − Nμμᵀ).  On the CPU the
+    product runs as numpy's ``c.T @ c``, which BLAS evaluates as a symmetric
+    rank-k update (half the FLOPs of torch's general GEMM: 0.45 s vs 0.80 s per
+    8192 × 2048 chunk here).
     """
+    x = x.detach()
+    mean = _column_mean(x, chunk_size)
+    m = x.shape[1]
+    if x.device.type == "cpu":
+        mu = mean.numpy()
+        g = np.zeros((m, m))
+        for s in range(0, x.shape[0], chunk_size):
+            c = x[s : s + chunk_size].numpy().astype(np.float64) - mu
+            g += c.T @ c
+        return mean, torch.from_numpy(g)
+    g = torch.zeros(m, m, dtype=torch.float64, device=x.device)
+    for s in range(0, x.shape[0], chunk_size):
+        c = x[s : s + chunk_size].to(torch.float64) - mean
+        g.addmm_(c.T, c)
+    return mean, g
+
+
+def cross_scatter(x: torch.Tensor, y: torch.Tensor, chunk_size: int):
+    """Centred float64 products ``(XcᵀXc, YcᵀXc, YcᵀYc)``, chunked, means taken first."""
     n = x.shape[0]
-    mx = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-    my = None if y is None else torch.zeros(y.shape[1], dtype=torch.float64, device=x.device)
-    for s in range(0, n, chunk_size):
-        mx += x[s : s + chunk_size].to(torch.float64).sum(dim=0)
-        if y is not None:
-            my += y[s : s + chunk_size].to(device=x.device, dtype=torch.float64).sum(dim=0)
-    mx /= n
-    if y is None:
-        g = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
-        for s in range(0, n, chunk_size):
-            c = x[s : s + chunk_size].to(torch.float64) - mx
-            g.addmm_(c.T, c)
-        return mx, g
-    my /= n
+    mx = _column_mean(x, chunk_size)
+    my = _column_mean(y.to(x.device), chunk_size)
     gxx = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
     gyy = torch.zeros(y.shape[1], y.shape[1], dtype=torch.float64, device=x.device)
     gyx = torch.zeros(y.shape[1], x.shape[1], dtype=torch.float64, device=x.device)

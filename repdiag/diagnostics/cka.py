@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from repdiag.diagnostics._common import as_matrix, check_chunk, gram_centred
+from repdiag.diagnostics._common import as_matrix, check_chunk, cross_scatter
 from repdiag.errors import UserError
 
 
@@ -22,7 +22,7 @@ def cka(X: Any, Y: Any, *, chunk_size: int | None = None) -> float:
     Y = as_matrix(Y, "Y", min_rows=2)
     if X.shape[0] != Y.shape[0]:
         raise UserError(f"X has {X.shape[0]} rows but Y has {Y.shape[0]}; they must be the same samples")
-    gxx, gyx, gyy = gram_centred(X, check_chunk(chunk_size), Y)
+    gxx, gyx, gyy = cross_scatter(X, Y, check_chunk(chunk_size))
     den = torch.linalg.matrix_norm(gxx) * torch.linalg.matrix_norm(gyy)
     if float(den) == 0.0:
         return 0.0

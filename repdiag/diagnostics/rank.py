@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from repdiag.diagnostics._common import Result, as_matrix, check_chunk, check_rtol
-from repdiag.diagnostics.spectrum import spectrum
+from repdiag.diagnostics._common import EXCLUDE, Result, as_matrix, check_chunk, check_rtol, scatter
+from repdiag.diagnostics.spectrum import SpectrumResult, spectrum
 from repdiag.errors import UserError
 
 RANKME_EPS = 1e-7
@@ -35,6 +35,8 @@ class RankResult(Result):
     n: int
     dim: int
     method: str = "svd"
+    #: eigenvalues of the centred covariance (descending; the spectrum of X), when computed
+    covariance_eigenvalues: torch.Tensor | None = dataclasses.field(default=None, metadata=EXCLUDE)
 
 
 @dataclasses.dataclass
@@ -64,18 +66,6 @@ def _tall_r(X: torch.Tensor, chunk_size: int) -> torch.Tensor:
     for s in range(chunk_size, X.shape[0], chunk_size):
         r = torch.linalg.qr(torch.cat([r, X[s : s + chunk_size]]), mode="r")[1]
     return r
-
-
-def _gram64(X: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Uncentred float64 Gram XᵀX and column sums, accumulated over row chunks."""
-    m = X.shape[1]
-    g = torch.zeros(m, m, dtype=torch.float64, device=X.device)
-    s = torch.zeros(m, dtype=torch.float64, device=X.device)
-    for i in range(0, X.shape[0], chunk_size):
-        c = X[i : i + chunk_size].to(torch.float64)
-        g.addmm_(c.T, c)
-        s += c.sum(dim=0)
-    return g, s
 
 
 def rank(X: Any, *, rtol: float | None = None, atol: float = 0.0,
@@ -114,12 +104,12 @@ def rank(X: Any, *, rtol: float | None = None, atol: float = 0.0,
     if use_gram and X.dtype == torch.float64:
         raise UserError("the Gram route is not accurate enough for float64 data; use method='svd'")
     eff_c = None
-    if use_gram:
-        g, col_sum = _gram64(X, check_chunk(chunk_size))
-        sv = torch.linalg.eigvalsh(g).flip(0).clamp_min(0).sqrt()
+    cov_eig = None
+    if use_gram:  # XᵀX = S + N·μμᵀ with S the centred scatter: one pass serves both
+        mean, S = scatter(X, check_chunk(chunk_size))
+        sv = torch.linalg.eigvalsh(S + n * torch.outer(mean, mean)).flip(0).clamp_min(0).sqrt()
         if centred and n >= 2:
-            cov = (g - torch.outer(col_sum, col_sum) / n) / (n - 1)
-            eff_c = entropy_rank(torch.linalg.eigvalsh(cov).flip(0).clamp_min(0))
+            cov_eig = torch.linalg.eigvalsh(S / (n - 1)).flip(0)
     elif chunk_size is not None and n > check_chunk(chunk_size) and n > m:
         sv = torch.linalg.svdvals(_tall_r(X, chunk_size))
     else:
@@ -127,12 +117,29 @@ def rank(X: Any, *, rtol: float | None = None, atol: float = 0.0,
     top = float(sv[0]) if sv.numel() else 0.0
     tol = max(float(atol), top * rtol_used)
     r = int((sv > tol).sum())
-    if eff_c is None and centred and n >= 2:
-        eff_c = entropy_rank(spectrum(X).eigenvalues)
+    if cov_eig is None and centred and n >= 2:
+        cov_eig = spectrum(X).eigenvalues
+    if cov_eig is not None:
+        eff_c = entropy_rank(cov_eig.clamp_min(0))
     return RankResult(rank=r, tol=tol, rtol=rtol_used, atol=float(atol), dtype=str(X.dtype),
                       method="gram" if use_gram else "svd",
                       singular_values=sv, effective_rank=entropy_rank(sv),
-                      effective_rank_centred=eff_c, n=int(n), dim=int(m))
+                      effective_rank_centred=eff_c, n=int(n), dim=int(m),
+                      covariance_eigenvalues=cov_eig)
+
+
+def spectrum_rank(X: Any, *, rtol: float | None = None, chunk_size: int | None = None,
+                  name: str = "X") -> tuple[SpectrumResult, RankResult]:
+    """Covariance spectrum (paper G Fig. 2a/b) and rank (Fig. 2c) of X from one scatter matrix.
+
+    The same numbers as :func:`spectrum` and :func:`rank` called one after the
+    other, but for tall float32 X the centred scatter S is accumulated once: the
+    spectrum is eig(S/(N−1)) and the singular values come from XᵀX = S + N·μμᵀ.
+    """
+    X = as_matrix(X, name, min_rows=2)
+    r = rank(X, rtol=rtol, chunk_size=chunk_size, name=name)
+    spec = SpectrumResult(eigenvalues=r.covariance_eigenvalues, n=r.n, dim=r.dim, normalized=False)
+    return spec, r
 
 
 def rank_deficit(H: Any, Z: Any, **kw: Any) -> RankDeficitResult:

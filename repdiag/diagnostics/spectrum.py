@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from repdiag.diagnostics._common import Result, as_matrix, check_chunk, gram_centred
+from repdiag.diagnostics._common import Result, as_matrix, check_chunk, scatter
 from repdiag.errors import UserError
 
 
@@ -50,7 +50,7 @@ def spectrum(X: Any, *, normalize: bool = False, chunk_size: int | None = None) 
             row = int((norms == 0).nonzero()[0, 0])
             raise UserError(f"X has an all-zero row ({row}); cannot L2-normalise it")
         X = X / norms[:, None]
-    _, g = gram_centred(X, cs)
+    _, g = scatter(X, cs)
     cov = g / (X.shape[0] - 1)
     eig = torch.linalg.eigvalsh(cov).flip(0)
     return SpectrumResult(eigenvalues=eig, n=int(X.shape[0]), dim=int(X.shape[1]),
