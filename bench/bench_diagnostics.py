@@ -8,12 +8,15 @@ space, kNN (k=200) and a linear probe on h, h_r, h_n and z, and a t-SNE map of
 
     baseline: np.cov + np.linalg.eigh, np.linalg.matrix_rank,
               pinv-based h_r/h_n, KNeighborsClassifier(brute, cosine, k=200,
-              distance weights), LogisticRegression(lbfgs), sklearn TSNE
-    repdiag:  spectrum, rank, nullspace, knn_probe_split + knn_probe,
-              linear_probe(preset="fast"), tsne (openTSNE)
+              distance weights), StandardScaler + LogisticRegression(lbfgs),
+              sklearn TSNE
+    repdiag:  spectrum_rank, nullspace, knn_probe_split + knn_probe,
+              linear_probe_split + linear_probe (preset "fast"), tsne
 
-It also reports the kNN step against its matrix-multiply floor: FLOPs of the
-similarity products divided by the GEMM rate measured here.
+It also reports the kNN step against its matrix-multiply floor (FLOPs of the
+similarity products divided by the float32 GEMM rate measured here), and, as a
+quality check of the two t-SNE maps, the leave-one-out 10-NN class accuracy in
+each 2-D embedding.
 
     .venv/bin/python bench/bench_diagnostics.py            # full size (long on 2 cores)
     .venv/bin/python bench/bench_diagnostics.py --scale 0.2 --no-tsne
@@ -67,8 +70,8 @@ def run_baseline(htr, ytr, hte, yte, a, tsne_n, do_tsne, t: Timer) -> dict:
     H, Ht, A = htr.numpy(), hte.numpy(), a.numpy()
     Z, Zt = H @ A.T, Ht @ A.T
     for X in (H, Z):
-        t("spectrum", lambda X=X: np.linalg.eigh(np.cov(X, rowvar=False))[0][::-1])
-        t("rank", np.linalg.matrix_rank, X)
+        t("spectrum+rank", lambda X=X: np.linalg.eigh(np.cov(X, rowvar=False))[0][::-1])
+        t("spectrum+rank", np.linalg.matrix_rank, X)
     P = t("nullspace", lambda: np.linalg.pinv(A) @ A)
     feats = {"h": (H, Ht), "h_r": t("nullspace", lambda: (H @ P, Ht @ P)), "z": (Z, Zt)}
     feats["h_n"] = (H - feats["h_r"][0], Ht - feats["h_r"][1])
@@ -84,8 +87,9 @@ def run_baseline(htr, ytr, hte, yte, a, tsne_n, do_tsne, t: Timer) -> dict:
         t("linear", lr.fit, scaler.transform(X), ytr.numpy())
         acc[f"linear_{name}"] = float(lr.score(scaler.transform(Xt), yte.numpy()))
     if do_tsne:
-        t("tsne", TSNE(n_components=2, init="pca", random_state=0, n_jobs=-1).fit_transform,
-          Ht[:tsne_n])
+        emb = t("tsne", TSNE(n_components=2, init="pca", random_state=0, n_jobs=-1).fit_transform,
+                Ht[:tsne_n])
+        acc["tsne_map_10nn"] = map_accuracy(emb, yte[:tsne_n])
     return acc
 
 
@@ -94,23 +98,29 @@ def run_repdiag(htr, ytr, hte, yte, a, tsne_n, do_tsne, t: Timer) -> dict:
 
     ztr, zte = htr @ a.T, hte @ a.T
     for X in (htr, ztr):
-        t("spectrum", repdiag.spectrum, X)
-        t("rank", repdiag.rank, X)
+        t("spectrum+rank", repdiag.spectrum_rank, X)
     ns = t("nullspace", repdiag.nullspace, htr, a)
     acc = {}
     trio = t("knn", repdiag.knn_probe_split, htr, ytr, hte, yte, ns.basis)
     acc.update({f"knn_{k}": v.accuracy for k, v in trio.items()})
     acc["knn_z"] = t("knn", repdiag.knn_probe, ztr, ytr, zte, yte).accuracy
-    Q = ns.basis.float()
-    hr_tr, hr_te = (htr @ Q) @ Q.T, (hte @ Q) @ Q.T
-    feats = {"h": (htr, hte), "h_r": (hr_tr, hr_te), "h_n": (htr - hr_tr, hte - hr_te),
-             "z": (ztr, zte)}
-    for name, (X, Xt) in feats.items():
-        acc[f"linear_{name}"] = t("linear", repdiag.linear_probe, X, ytr, Xt, yte,
-                                  preset="fast").accuracy
+    trio = t("linear", repdiag.linear_probe_split, htr, ytr, hte, yte, ns.basis)
+    acc.update({f"linear_{k}": v.accuracy for k, v in trio.items()})
+    acc["linear_z"] = t("linear", repdiag.linear_probe, ztr, ytr, zte, yte).accuracy
     if do_tsne:
-        t("tsne", repdiag.tsne, hte[:tsne_n])
+        res = t("tsne", repdiag.tsne, hte[:tsne_n])
+        acc["tsne_map_10nn"] = map_accuracy(res.embedding, yte[:tsne_n])
     return acc
+
+
+def map_accuracy(embedding, labels, k: int = 10) -> float:
+    """Leave-one-out k-NN class accuracy in a 2-D map (majority vote of the k nearest)."""
+    from repdiag.diagnostics import nearest_neighbours
+
+    e = torch.as_tensor(np.asarray(embedding, dtype=np.float64))
+    _, idx = nearest_neighbours(e, e, k, metric="euclidean", exclude_self=True)
+    votes = torch.nn.functional.one_hot(labels[idx], int(labels.max()) + 1).sum(dim=1)
+    return float((votes.argmax(dim=1) == labels).double().mean())
 
 
 def gemm_rate(m: int, n: int = 4096, k: int = 8192) -> float:
@@ -141,19 +151,19 @@ def main() -> None:
     rate = gemm_rate(args.dim)
     r = a.shape[0]
     knn_flops = 2 * n_test * n_train * (args.dim + r) + 2 * n_test * n_train * a.shape[0]
-    print(f"\n{'step':<10}{'baseline s':>12}{'repdiag s':>12}{'speed-up':>10}")
+    print(f"\n{'step':<15}{'baseline s':>12}{'repdiag s':>12}{'speed-up':>10}")
     for step in tb.times:
         b, o = tb.times[step], tr.times.get(step, float("nan"))
-        print(f"{step:<10}{b:>12.2f}{o:>12.2f}{b / o:>9.1f}x")
+        print(f"{step:<15}{b:>12.2f}{o:>12.2f}{b / o:>9.1f}x")
     tot_b, tot_r = sum(tb.times.values()), sum(tr.times.values())
-    print(f"{'total':<10}{tot_b:>12.2f}{tot_r:>12.2f}{tot_b / tot_r:>9.1f}x")
+    print(f"{'total':<15}{tot_b:>12.2f}{tot_r:>12.2f}{tot_b / tot_r:>9.1f}x")
     floor = knn_flops / rate
     print(f"\nkNN: {tr.times['knn']:.2f} s vs matrix-multiply floor {floor:.2f} s "
           f"({knn_flops / 1e9:.0f} GFLOP at {rate / 1e9:.1f} GFLOP/s): "
           f"{tr.times['knn'] / floor:.2f}x the floor")
-    print(f"\n{'accuracy':<12}{'baseline':>10}{'repdiag':>10}{'diff (pt)':>11}")
+    print(f"\n{'accuracy':<15}{'baseline':>10}{'repdiag':>10}{'diff (pt)':>11}")
     for k in acc_b:
-        print(f"{k:<12}{100 * acc_b[k]:>10.2f}{100 * acc_r[k]:>10.2f}"
+        print(f"{k:<15}{100 * acc_b[k]:>10.2f}{100 * acc_r[k]:>10.2f}"
               f"{100 * (acc_r[k] - acc_b[k]):>11.2f}")
     if args.json:
         with open(args.json, "w") as f:
