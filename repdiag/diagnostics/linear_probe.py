@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from repdiag.diagnostics._common import ProbeResult, as_basis, as_labels, as_matrix
-from repdiag.diagnostics.logistic import Design, fit_lbfgs
+from repdiag.diagnostics.logistic import Design, fit_lbfgs, fit_lbfgs_many
 from repdiag.errors import UserError
 
 LINEAR_PRESETS: dict[str, dict[str, Any]] = {
@@ -312,7 +312,8 @@ def linear_probe_split(train_h: Any, train_y: Any, test_h: Any, test_y: Any, bas
     formed: the probe on h_r streams the r-dimensional hQ and the probe on h_n
     streams h with weights projected by I − QQᵀ (same objective, same L-BFGS
     iterates as :func:`linear_probe` on the formed features, up to round-off),
-    so the three probes cost about two passes of one.  Other presets form the
+    and the three L-BFGS runs go in lock-step so that each pass over h serves
+    the probes on h and h_n together: the three cost about one probe on h.  Other presets form the
     features and call :func:`linear_probe`.  Keyword overrides as
     :func:`linear_probe`.  Returns {"h", "h_r", "h_n"}.
     """
@@ -351,10 +352,10 @@ def linear_probe_split(train_h: Any, train_y: Any, test_h: Any, test_y: Any, bas
     Q = Q.to(device=dev, dtype=dtype)
     designs = _split_designs(xtr, Q, p["standardize"])
     test_data = {"h": te, "h_r": te @ Q, "h_n": te}
+    fits = fit_lbfgs_many(list(designs.values()), ytr, num_classes, C=p["C"],
+                          max_iter=p["max_iter"], tolerance_grad=p["tolerance_grad"])
     out = {}
-    for key, design in designs.items():
-        W, b, info = fit_lbfgs(design, ytr, num_classes, C=p["C"], max_iter=p["max_iter"],
-                               tolerance_grad=p["tolerance_grad"])
+    for (key, design), (W, b, info) in zip(designs.items(), fits, strict=True):
         pred = design.logits(W, b, test_data[key]).argmax(dim=1)
         info["train_accuracy"] = _acc(design.logits(W, b).argmax(dim=1), ytr)
         proto = {**_protocol(preset, p, seed, dtype), "features": key, "head_rank": int(Q.shape[1])}

@@ -16,6 +16,7 @@ that the second product (the gradient) reads the chunk from cache.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable
 
 import torch
@@ -68,38 +69,123 @@ class Design:
 
 def loss_and_grad(design: Design, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor,
                   lam: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """L(W, b) and its gradients in one pass over the data (module docstring objective).
+    """L(W, b) and its gradients (module docstring objective): one pass over the data."""
+    return loss_and_grad_many(design, y, [(W, b)], lam)[0]
 
-    Per chunk: logits = d Vdᵀ + c, g = (softmax − onehot)/N, then Gd += gᵀ d while
-    the chunk is still in cache; finally ∂L/∂W = (Gd − (Σg) μᵀ) Mᵀ D⁻¹ + λW and
-    ∂L/∂b = Σg.  The loss is accumulated in float64.
+
+def loss_and_grad_many(design: Design | list[Design], y: torch.Tensor,
+                       params: list[tuple[torch.Tensor, torch.Tensor]], lam: float):
+    """L and its gradients for P problems (W_p, b_p) on designs sharing one data matrix.
+
+    One pass over the data serves all P: per chunk, logits = d [Vd_1; …; Vd_P]ᵀ + c
+    (a (P·C)-column product costs about what a C-column one does: both stream
+    the chunk once), g = (softmax − onehot)/N per problem, then Gd += gᵀ d while
+    the chunk is still in cache; finally ∂L/∂W_p = (Gd_p − (Σg_p) μ_pᵀ) M_pᵀ D_p⁻¹ + λW_p
+    and ∂L/∂b_p = Σg_p.  Losses are accumulated in float64.  ``design`` is one
+    Design for all problems or a list (same ``data`` tensor), one per problem.
+    Returns [(loss, ∂L/∂W, ∂L/∂b)] in the order of ``params``.
     """
-    x = design.data
-    n = x.shape[0]
-    Vd, c = design.affine(W, b)
+    designs = design if isinstance(design, list) else [design] * len(params)
+    x = designs[0].data
+    if any(d.data is not x for d in designs):
+        raise ValueError("loss_and_grad_many needs designs over one data tensor")
+    n, P = x.shape[0], len(params)
+    affine = [d.affine(W, b) for d, (W, b) in zip(designs, params, strict=True)]
+    Vd = torch.cat([v for v, _ in affine])  # (P·C) × k
+    c = torch.cat([cc for _, cc in affine])
+    C = c.shape[0] // P
     g_data = torch.zeros_like(Vd)
-    g_sum = torch.zeros_like(b)
-    loss = torch.zeros((), dtype=torch.float64, device=x.device)
+    g_sum = torch.zeros_like(c)
+    loss = torch.zeros(P, dtype=torch.float64, device=x.device)
     cs = max(1, CHUNK_ELEMENTS // max(1, x.shape[1]))
     for s in range(0, n, cs):
         xc, yc = x[s : s + cs], y[s : s + cs]
-        logits = torch.addmm(c, xc, Vd.T)
-        lse = torch.logsumexp(logits, dim=1)
-        loss += (lse - logits.gather(1, yc[:, None]).squeeze(1)).sum(dtype=torch.float64)
-        g = torch.exp_(logits.sub_(lse[:, None]))
-        g[torch.arange(g.shape[0], device=g.device), yc] -= 1.0
+        rows = xc.shape[0]
+        logits = torch.addmm(c, xc, Vd.T).view(rows, P, C)
+        lse = torch.logsumexp(logits, dim=2, keepdim=True)
+        picked = logits.gather(2, yc.view(rows, 1, 1).expand(rows, P, 1))
+        loss += (lse - picked).sum(dim=(0, 2), dtype=torch.float64)
+        g = torch.exp_(logits.sub_(lse))
+        g.scatter_add_(2, yc.view(rows, 1, 1).expand(rows, P, 1),
+                       torch.full((rows, P, 1), -1.0, dtype=g.dtype, device=g.device))
+        g = g.view(rows, P * C)
         g_data.addmm_(g.T, xc)
         g_sum += g.sum(dim=0)
     g_data /= n
     g_sum /= n
-    if design.mean is not None:
-        g_data -= torch.outer(g_sum, design.mean)
-    gW = design.from_data(g_data)
-    if design.scale is not None:
-        gW = gW / design.scale
-    gW = gW + lam * W
-    total = loss / n + 0.5 * lam * W.double().square().sum()
-    return total, gW, g_sum
+    out = []
+    for p, (d, (W, _)) in enumerate(zip(designs, params, strict=True)):
+        gd, gs = g_data[p * C : (p + 1) * C], g_sum[p * C : (p + 1) * C]
+        if d.mean is not None:
+            gd = gd - torch.outer(gs, d.mean)
+        gW = d.from_data(gd)
+        if d.scale is not None:
+            gW = gW / d.scale
+        out.append((loss[p] / n + 0.5 * lam * W.double().square().sum(), gW + lam * W, gs))
+    return out
+
+
+def evaluate_grouped(designs: list[Design], y: torch.Tensor,
+                     params: dict[int, tuple[torch.Tensor, torch.Tensor]], lam: float) -> dict:
+    """{i: (loss, ∂L/∂W, ∂L/∂b)} for problems i on ``designs[i]``, one pass per data tensor."""
+    groups: dict[int, list[int]] = {}
+    for i in params:
+        groups.setdefault(id(designs[i].data), []).append(i)
+    out = {}
+    for idx in groups.values():
+        res = loss_and_grad_many([designs[i] for i in idx], y, [params[i] for i in idx], lam)
+        out.update(zip(idx, res, strict=True))
+    return out
+
+
+class _LockStep:
+    """Runs one torch L-BFGS per problem in worker threads and answers their objective
+    evaluations in batches: each batch waits until every unfinished problem has asked,
+    then evaluates all of them in one pass per data matrix (:func:`loss_and_grad_many`).
+    Each problem's iterates are those of its own L-BFGS run; only the passes are shared.
+    """
+
+    def __init__(self, designs: list[Design], y: torch.Tensor, lam: float):
+        self.designs, self.y, self.lam = designs, y, lam
+        self.cv = threading.Condition()
+        self.asked: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.answers: dict[int, tuple] = {}
+        self.live = set(range(len(designs)))
+        self.error: BaseException | None = None
+
+    def evaluate(self, i: int, W: torch.Tensor, b: torch.Tensor):
+        with self.cv:
+            self.asked[i] = (W, b)
+            self.cv.notify_all()
+            while i not in self.answers:
+                self.cv.wait()
+            answer = self.answers.pop(i)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def done(self, i: int, error: BaseException | None = None) -> None:
+        with self.cv:
+            self.live.discard(i)
+            if error is not None and self.error is None:
+                self.error = error
+            self.cv.notify_all()
+
+    def serve(self) -> None:
+        while True:
+            with self.cv:
+                while self.live and set(self.asked) != self.live:
+                    self.cv.wait()
+                if not self.live:
+                    return
+                batch, self.asked = self.asked, {}
+            try:
+                answers: dict[int, tuple] = evaluate_grouped(self.designs, self.y, batch, self.lam)
+            except BaseException as e:  # hand the failure to every waiting worker
+                answers = {i: e for i in batch}
+            with self.cv:
+                self.answers.update(answers)
+                self.cv.notify_all()
 
 
 def fit_lbfgs(design: Design, y: torch.Tensor, num_classes: int, *, C: float, max_iter: int,
@@ -109,23 +195,67 @@ def fit_lbfgs(design: Design, y: torch.Tensor, num_classes: int, *, C: float, ma
     Stops when the gradient's ∞-norm ≤ ``tolerance_grad`` or after ``max_iter``
     iterations (scikit-learn's lbfgs rule).  Returns (W, b, info).
     """
-    x = design.data
-    n = x.shape[0]
-    W = torch.zeros(num_classes, design.n_features, dtype=x.dtype, device=x.device)
-    b = torch.zeros(num_classes, dtype=x.dtype, device=x.device)
+    return fit_lbfgs_many([design], y, num_classes, C=C, max_iter=max_iter,
+                          tolerance_grad=tolerance_grad)[0]
+
+
+def fit_lbfgs_many(designs: list[Design], y: torch.Tensor, num_classes: int, *, C: float,
+                   max_iter: int, tolerance_grad: float) -> list[tuple[torch.Tensor, torch.Tensor, dict]]:
+    """:func:`fit_lbfgs` for several designs at once (same labels): designs over the
+    same data tensor share every pass over it (h and h_n in ``linear_probe_split``).
+
+    Each design's result is that of its own L-BFGS run; with several designs the
+    runs go in lock-step threads (:class:`_LockStep`).
+    """
+    n = y.shape[0]
     lam = 1.0 / (C * n)
-    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, history_size=20,
-                            tolerance_grad=tolerance_grad, tolerance_change=1e-12,
-                            line_search_fn="strong_wolfe")
+    states = []
+    for d in designs:
+        W = torch.zeros(num_classes, d.n_features, dtype=d.data.dtype, device=d.data.device)
+        b = torch.zeros(num_classes, dtype=d.data.dtype, device=d.data.device)
+        opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, history_size=20,
+                                tolerance_grad=tolerance_grad, tolerance_change=1e-12,
+                                line_search_fn="strong_wolfe")
+        states.append((W, b, opt))
 
-    def closure():
-        loss, W.grad, b.grad = loss_and_grad(design, y, W, b, lam)
-        return loss.to(x.dtype)
+    def run(i: int, evaluate) -> None:
+        W, b, opt = states[i]
 
-    opt.step(closure)
-    loss, gW, gb = loss_and_grad(design, y, W, b, lam)
-    n_iter = int(opt.state[W].get("n_iter", 0))
-    info = {"n_iter": n_iter, "final_loss": float(loss),
-            "max_abs_grad": float(max(gW.abs().max(), gb.abs().max())), "l2_lambda": lam,
-            "stopped_before_max_iter": n_iter < max_iter}
-    return W, b, info
+        def closure():
+            loss, W.grad, b.grad = evaluate(W, b)
+            return loss.to(W.dtype)
+
+        opt.step(closure)
+
+    if len(designs) == 1:
+        run(0, lambda W, b: loss_and_grad(designs[0], y, W, b, lam))
+    else:
+        lock = _LockStep(designs, y, lam)
+
+        def worker(i: int) -> None:
+            try:
+                run(i, lambda W, b: lock.evaluate(i, W, b))
+            except BaseException as e:
+                lock.done(i, e)
+            else:
+                lock.done(i)
+
+        threads = [threading.Thread(target=worker, args=(i,), daemon=True)
+                   for i in range(len(designs))]
+        for t in threads:
+            t.start()
+        lock.serve()
+        for t in threads:
+            t.join()
+        if lock.error is not None:
+            raise lock.error
+    final = evaluate_grouped(designs, y, {i: (W, b) for i, (W, b, _) in enumerate(states)}, lam)
+    out = []
+    for i, (W, b, opt) in enumerate(states):
+        loss, gW, gb = final[i]
+        n_iter = int(opt.state[W].get("n_iter", 0))
+        info = {"n_iter": n_iter, "final_loss": float(loss),
+                "max_abs_grad": float(max(gW.abs().max(), gb.abs().max())), "l2_lambda": lam,
+                "stopped_before_max_iter": n_iter < max_iter}
+        out.append((W, b, info))
+    return out
