@@ -124,7 +124,9 @@ def test_split_equals_probes_on_formed_h_r_h_n(standardize):
     for key, (tr, te) in formed.items():
         ref = linear_probe(tr, ytr, te, yte, standardize=standardize)
         assert torch.equal(split[key].predictions, ref.predictions), key
-        assert split[key].details["final_loss"] == pytest.approx(ref.details["final_loss"], rel=1e-9)
+        # same objective, same start: the two runs differ by round-off only (amplified a little
+        # over up to 100 unconverged L-BFGS iterations); a wrong objective differs by far more
+        assert split[key].details["final_loss"] == pytest.approx(ref.details["final_loss"], rel=1e-6)
         assert split[key].protocol["features"] == key and split[key].protocol["head_rank"] == 6
     # h_n carries information here, h_r (6 of 24 directions) less
     assert split["h"].accuracy > 0.5 and split["h_r"].accuracy < split["h"].accuracy
