@@ -41,7 +41,7 @@ def test_exact_affinities_equal_opentsne_exact():
 
     x = np.random.default_rng(1).standard_normal((400, 20))
     ref = PerplexityBasedNN(x, perplexity=10, method="exact", random_state=0)
-    ours = exact_affinities(torch.from_numpy(x).float(), 10)
+    ours = exact_affinities(torch.from_numpy(x), 10)
     assert ours.P.nnz == ref.P.nnz
     assert abs(ours.P - ref.P).max() < 1e-6 * ref.P.max()
 
