@@ -110,9 +110,16 @@ def dataset_for(ck: Checkpoint, data: str | None = None, data_root: str | None =
     name = data or ck.dataset
     if not name:
         raise UserError(f"{ck.path}: no dataset recorded in the checkpoint; pass --data NAME")
-    cfg = ck.config
-    return load_dataset(name, root=data_root or cfg.get("data_root"), seed=int(cfg.get("seed", 0)),
-                        val_fraction=float(cfg.get("val_fraction", 0.1)), limit=limit)
+    return load_dataset(name, root=data_root or ck.config.get("data_root"), limit=limit,
+                        **_dataset_kwargs(ck, name))
+
+
+def _dataset_kwargs(ck: Checkpoint, name: str) -> dict:
+    """The run's seed, split scheme and dataset options (image size, label level) for ``name``."""
+    from repdiag.data import dataset_kwargs
+
+    same = name == ck.dataset
+    return dataset_kwargs(ck.config, for_dataset=None if same else name)
 
 
 @torch.no_grad()
@@ -132,13 +139,10 @@ def extract(checkpoint: str | os.PathLike | Checkpoint, data: str | None = None,
     if not name:
         raise UserError(f"{ck.path}: no dataset recorded in the checkpoint; pass --data NAME")
     mean, std = _normalization(ck, normalize)
-    cfg = ck.config
-    seed = int(cfg.get("seed", 0))
-    val_fraction = float(cfg.get("val_fraction", 0.1))
     key = None
     if cache and os.path.isfile(ck.path):
-        parts = [CACHE_VERSION, _file_digest(ck.path), name, data_root, split, seed, val_fraction,
-                 limit, mean, std]
+        parts = [CACHE_VERSION, _file_digest(ck.path), name, data_root, split,
+                 sorted(_dataset_kwargs(ck, name).items()), limit, mean, std]
         key = hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
         hit = cache_dir() / f"{key}.pt"
         if hit.exists():

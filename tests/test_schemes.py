@@ -1,4 +1,6 @@
 import copy
+import json
+import warnings
 
 import numpy as np
 import pytest
@@ -10,7 +12,8 @@ from repdiag.models import BackboneSpec, HeadSpec, build_backbone, build_head
 from train.config import load_config
 from train.losses import nt_xent
 from train.monitor import embed
-from train.schemes import build_scheme
+from train.schemes import build_scheme, frozen_stats
+from train.schemes.pca import PCAWarning
 from train.trainer import Trainer
 
 TINY = ["data=synthetic", "data_limit=40", "width=0.125", "batch_size=32", "knn_every=0",
@@ -199,8 +202,10 @@ def test_bilevel_with_zero_inner_steps_is_a_joint_step_without_head_update():
                                jh.state_dict()["net.1.running_mean"])
 
 
-def test_bilevel_huge_lambda_keeps_the_head():
-    cfg, backbone, head, scheme = _bilevel(["scheme.lam=1e12", "scheme.inner_lr=0.1"])
+@pytest.mark.parametrize("inner", ["adam", "sgd"])
+def test_bilevel_huge_lambda_keeps_the_head(inner):
+    cfg, backbone, head, scheme = _bilevel(["scheme.lam=1e12", "scheme.inner_lr=0.1",
+                                            f"scheme.inner_optim={inner}"])
     theta0 = [p.detach().clone() for p in head.parameters()]
     b0 = [p.detach().clone() for p in backbone.parameters()]
     for i in range(2):
@@ -209,7 +214,8 @@ def test_bilevel_huge_lambda_keeps_the_head():
         assert (p.detach() - t).abs().max() < 1e-9
     assert any(not torch.equal(p, t) for p, t in zip(backbone.parameters(), b0, strict=True))
     # with lam = 0 the same steps do move the head
-    cfg, backbone, head, scheme = _bilevel(["scheme.lam=0", "scheme.inner_lr=0.1"])
+    cfg, backbone, head, scheme = _bilevel(["scheme.lam=0", "scheme.inner_lr=0.1",
+                                            f"scheme.inner_optim={inner}"])
     scheme.train_step(*_views(0))
     assert max((p.detach() - t).abs().max() for p, t in zip(head.parameters(), theta0,
                                                             strict=True)) > 1e-3
@@ -218,7 +224,7 @@ def test_bilevel_huge_lambda_keeps_the_head():
 def test_bilevel_backbone_gradient_is_taken_through_the_updated_head(monkeypatch):
     lr, lam, mom, steps = 0.2, 0.3, 0.9, 3
     cfg, backbone, head, scheme = _bilevel([f"scheme.inner_lr={lr}", f"scheme.lam={lam}",
-                                            f"scheme.inner_steps={steps}"])
+                                            f"scheme.inner_steps={steps}", "scheme.inner_optim=sgd"])
     scheme.momentum = [torch.randn_like(v) * 0.01 for v in scheme.momentum]  # a mid-run state
     mom_buf = [v.clone() for v in scheme.momentum]
     b0, h0 = copy.deepcopy(backbone), copy.deepcopy(head)
@@ -295,3 +301,116 @@ def test_pca_scheme_turns_the_preset_mlp_head_into_its_linear_head():
 def test_simsiam_preset_is_the_usual_projector():
     cfg = load_config("fmnist-simsiam-tiny", ["data=synthetic"])
     assert (cfg.method, cfg.head.num_layers, cfg.head.last_bn) == ("simsiam", 3, True)
+
+
+def _head_motion(extra, steps=40):
+    """Relative change ‖θ_40 − θ_0‖/‖θ_0‖ of the head over ``steps`` steps on one repeated batch,
+    with the fmnist-tiny preset's models (m = 128, head 128 -> 512 -> 128) and optimiser."""
+    cfg = load_config("fmnist-tiny", ["data=synthetic", *extra])
+    torch.manual_seed(0)
+    backbone = build_backbone(BackboneSpec("resnet18", 0.25, True))
+    head = build_head(HeadSpec(kind="mlp", in_dim=backbone.feature_dim, hidden_dim=512, out_dim=128))
+    scheme = build_scheme(cfg, backbone, head)
+    before = torch.cat([p.detach().reshape(-1).clone() for p in head.parameters()])
+    g = torch.Generator().manual_seed(7)
+    v1, v2 = torch.rand(2, 16, 3, 8, 8, generator=g)
+    for _ in range(steps):
+        scheme.train_step(v1, v2)
+    after = torch.cat([p.detach().reshape(-1) for p in head.parameters()])
+    return float((after - before).norm() / before.norm())
+
+
+def test_bilevel_head_moves_like_a_trained_head_with_the_defaults():
+    """Paper G §5: Adam at the outer learning rate, five inner steps. The momentum-SGD inner
+    loop at that learning rate barely moves the head (the defect this default fixes)."""
+    joint = _head_motion(["scheme.kind=joint"])
+    bilevel = _head_motion(["scheme.kind=bilevel"])
+    sgd = _head_motion(["scheme.kind=bilevel", "scheme.inner_optim=sgd"])
+    assert bilevel >= 0.3 * joint, (bilevel, joint)
+    assert sgd < 0.3 * joint, (sgd, joint)
+
+
+def test_bilevel_adam_without_proximal_term_is_torch_adam():
+    """lam = 0: the inner loop is plain Adam (state kept across mini-batches). A linear head:
+    an MLP's pre-BN bias has a zero gradient, whose round-off Adam would magnify."""
+    cfg, backbone, head, scheme = _bilevel(["scheme.lam=0", "scheme.inner_lr=0.01",
+                                            "scheme.inner_steps=3"], head_kind="linear")
+    ref = copy.deepcopy(head)
+    opt = torch.optim.Adam(ref.parameters(), lr=0.01)
+    for i in range(2):
+        v1, v2 = _views(i)
+        with torch.no_grad():
+            h = backbone(torch.cat([v1, v2]))  # the features the scheme's inner loop sees
+        with frozen_stats(ref):
+            for _ in range(3):
+                opt.zero_grad()
+                z1, z2 = ref(h).chunk(2)
+                nt_xent(z1, z2, cfg.temperature).backward()
+                opt.step()
+        scheme.optimizer.step = lambda *a, **k: None  # keep the backbone fixed: same h
+        scheme.train_step(v1, v2)
+    for p, q in zip(head.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.detach(), q.detach(), atol=1e-6, rtol=1e-5)
+    assert scheme.adam_step == 6
+
+
+def test_every_scheme_logs_how_far_the_head_moved(tmp_path):
+    for kind, extra, moved in [("joint", [], True), ("fixed", ["head.kind=linear"], False),
+                               ("bilevel", [], True), ("pca-top", ["head.kind=linear"], True),
+                               ("fixed", ["head.kind=directclr", "head.d0=8"], None)]:
+        out = tmp_path / f"{kind}-{len(extra)}-{moved}"
+        Trainer(tiny_config("epochs=1", f"scheme.kind={kind}", *extra), out, quiet=True).run()
+        line = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+        change = line["head_rel_change"]
+        if moved is None:
+            assert change is None  # a head without parameters
+        elif moved:
+            assert change > 1e-4, (kind, change)
+        else:
+            assert change == 0.0
+
+
+def test_pca_head_is_fitted_on_the_inputs_the_backbone_trains_on(tmp_path):
+    """With augment.zscore=true the PCA sees Z-scored images, as the backbone does."""
+    cfg = tiny_config("epochs=1", "data_limit=80", "width=0.0625", "scheme.kind=pca-top",
+                      "head.kind=linear", "head.out_dim=4", "augment.zscore=true",
+                      "scheme.pca_subset=null")
+    tr = Trainer(cfg, tmp_path, quiet=True)
+    tr.run()
+    mean, std = tr.input_norm
+    assert mean is not None and max(abs(m - 0.5) for m in mean) > 1e-3  # not the identity map
+    w = tr.head.net[0].weight.detach().double().numpy()
+    h_seen = embed(tr.backbone, tr.data.train.images, torch.device("cpu"), mean=mean, std=std)
+    ref, gap = _pca_projector(h_seen.numpy(), 4, True)
+    assert gap > 1e-4
+    np.testing.assert_allclose(w.T @ w, ref, atol=2e-3)
+    h_raw = embed(tr.backbone, tr.data.train.images, torch.device("cpu"))
+    wrong, _ = _pca_projector(h_raw.numpy(), 4, True)
+    assert np.abs(w.T @ w - wrong).max() > 0.05  # what an unnormalised fit would have given
+
+
+def test_pca_subset_defaults_to_the_training_split_and_eigenvalues_are_recorded(tmp_path):
+    cfg = tiny_config("epochs=1", "data_limit=200", "width=0.0625", "scheme.kind=pca-bottom",
+                      "head.kind=linear", "head.out_dim=4", "scheme.pca_subset=null")
+    assert load_config("fmnist-tiny", ["data=synthetic"]).scheme.pca_subset is None  # the default
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PCAWarning)  # 180 samples > m = 32: no zero eigenvalue
+        tr = Trainer(cfg, tmp_path, quiet=True)
+        tr.run()
+    line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["pca_n"] == len(tr.data.train) > tr.backbone.feature_dim
+    h = embed(tr.backbone, tr.data.train.images, torch.device("cpu")).double()
+    ref = np.sort(np.linalg.eigvalsh(np.cov(h.numpy().T)))[:4]  # bottom 4, ascending
+    got = load_checkpoint(tmp_path / "last.pt").extra["pca_eigenvalues"]
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-3, atol=1e-9)
+    assert line["pca_eig_zero"] == 0 and line["pca_eig_min"] == pytest.approx(ref[0], rel=1e-3)
+
+
+def test_pca_bottom_on_fewer_samples_than_features_warns(tmp_path):
+    """Bottom-k from a rank-deficient sample: the directions span a zero eigenspace."""
+    cfg = tiny_config("epochs=1", "data_limit=200", "width=0.0625", "scheme.kind=pca-bottom",
+                      "head.kind=linear", "head.out_dim=4", "scheme.pca_subset=16")
+    with pytest.warns(PCAWarning, match=r"4 of the 4 chosen eigenvalues .* numerically zero"):
+        Trainer(cfg, tmp_path, quiet=True).run()
+    line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["pca_n"] == 16 and line["pca_eig_zero"] == 4

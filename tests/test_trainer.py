@@ -141,3 +141,111 @@ def test_zscore_uses_train_statistics_and_extraction_reuses_them(tmp_path, monke
     ck = load_checkpoint(tmp_path / "last.pt")
     assert ck.extra["input_norm"] == {"mean": list(mean), "std": list(std)}
     assert _normalization(ck, "auto") == (tuple(mean), tuple(std))
+
+
+def test_directclr_default_d0_scales_with_the_feature_size(tmp_path, capsys):
+    """`repdiag train --config fmnist-tiny --set head.kind=directclr` trains on any width."""
+    out = tmp_path / "dclr"
+    args = ["train", "--config", "fmnist-tiny", "--quiet", "--out", str(out),
+            "--set", "head.kind=directclr"]
+    for s in TINY + ["epochs=1", "knn_every=0"]:
+        args += ["--set", s]
+    assert main(args) == 0, capsys.readouterr().err
+    ck = load_checkpoint(out / "last.pt")
+    m = ck.head_spec.in_dim
+    assert ck.head_spec.d0 == round(360 * m / 2048) == ck.config["head"]["d0"]  # recorded
+    import yaml
+
+    assert yaml.safe_load((out / "config.yaml").read_text())["head"]["d0"] == ck.head_spec.d0
+    # the resnet50 value stays DirectCLR's own
+    from train.config import directclr_d0
+
+    assert directclr_d0(tiny_config("head.kind=directclr"), 2048) == 360
+
+
+def test_validation_loss_is_logged_and_best_checkpoint_kept(tmp_path):
+    cfg = tiny_config("epochs=3", "knn_every=0", "save_every=1", "select=best")
+    tr = Trainer(cfg, tmp_path, quiet=True)
+    tr.run()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["val_loss"] for m in lines]
+    best_epoch = 1 + min(range(3), key=losses.__getitem__)
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best.epoch == best_epoch
+    same = load_checkpoint(tmp_path / "checkpoints" / f"epoch_{best_epoch:03d}.pt")
+    for k in best.backbone_state:
+        assert torch.equal(best.backbone_state[k], same.backbone_state[k]), k
+    # the logged value is the loss of the saved model on fixed views: recomputed from the
+    # checkpoint it agrees, and a second evaluation gives the same number
+    again = tr.validation_loss()
+    assert again == pytest.approx(lines[-1]["val_loss"], abs=1e-6)
+    assert tr.validation_loss() == again
+
+
+def test_validation_views_are_fixed_and_independent_of_the_training_stream(tmp_path):
+    a = Trainer(tiny_config("epochs=1", "knn_every=0"), tmp_path / "a", quiet=True)
+    b = Trainer(tiny_config("epochs=1", "knn_every=0"), tmp_path / "b", quiet=True)
+    torch.manual_seed(123)  # the global RNG plays no part
+    va = a.validation_loss()
+    torch.manual_seed(456)
+    assert b.validation_loss() == va
+
+
+def test_select_best_needs_a_validation_split():
+    from repdiag.errors import UserError
+
+    with pytest.raises(UserError, match="no validation split"):
+        tiny_config("select=best", "val_fraction=0")
+
+
+def test_split_scheme_s_is_used_for_training_and_extraction(tmp_path):
+    from repdiag.data import load_dataset
+    from repdiag.features import extract
+
+    cfg = tiny_config("epochs=1", "knn_every=0", "split_scheme=s", "data_limit=null")
+    tr = Trainer(cfg, tmp_path, quiet=True)
+    n = 512 + 256  # synthetic: official train + test, pooled and cut 70/10/20
+    assert (len(tr.data.train), len(tr.data.val), len(tr.data.test)) == (538, 77, 153)
+    assert len(tr.data.train) + len(tr.data.val) + len(tr.data.test) == n
+    tr.run()
+    fs = extract(tmp_path / "last.pt", split="test")
+    ref = load_dataset("synthetic", split_scheme="s", seed=0).test
+    assert torch.equal(fs.y, ref.labels)
+
+
+def test_dataset_options_reach_the_loader_and_the_extractor(tmp_path):
+    from repdiag.features import extract
+
+    cfg = tiny_config("epochs=1", "knn_every=0", "image_size=16")
+    tr = Trainer(cfg, tmp_path, quiet=True)
+    assert tr.image_size == 16 and tr.data.train.images.shape[-1] == 16
+    tr.run()
+    from train.monitor import embed
+
+    fs = extract(tmp_path / "last.pt", split="test", limit=96)  # the trainer's test subset
+    torch.testing.assert_close(fs.h, embed(tr.backbone, tr.data.test.images, torch.device("cpu")),
+                               atol=1e-5, rtol=1e-4)  # 16 px images, as trained
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["data=fashion-mnist", "image_size=64"], "dataset 'fashion-mnist' does not take image_size"),
+    (["label_level=manufacturer"], "dataset 'synthetic' does not take label_level"),
+    (["data=fgvc-aircraft", "label_level=model"], "unknown label_level 'model'"),
+    (["split_scheme=pooled"], "unknown split_scheme 'pooled'"),
+])
+def test_dataset_options_are_checked_before_any_work(extra, msg):
+    from repdiag.errors import UserError
+
+    with pytest.raises(UserError, match=msg):
+        tiny_config(*extra)
+
+
+def test_without_validation_split_the_monitor_uses_test_and_says_so(tmp_path):
+    from train.trainer import format_metrics
+
+    cfg = tiny_config("epochs=1", "val_fraction=0")
+    Trainer(cfg, tmp_path, quiet=True).run()
+    line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "knn_test" in line and "knn_val" not in line and "val_loss" not in line
+    assert "kNN(test, not used for selection)" in format_metrics(line)
+    assert not (tmp_path / "best.pt").exists()

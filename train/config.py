@@ -33,7 +33,10 @@ class HeadConfig:
     bias: bool = True
     batchnorm: bool = True
     num_layers: int = 2
-    d0: int = 360
+    # DirectCLR: z = h[:, :d0]. None = DirectCLR's 360 of a 2048-d ResNet-50 scaled to the
+    # backbone's feature size m, round(360 * m / 2048) (22 for m = 128); the value used is
+    # written back into the run's config.
+    d0: int | None = None
     init: str = "default"
     last_bn: bool = False
     # Path to another repdiag checkpoint whose head weights initialise this head
@@ -57,13 +60,18 @@ class SchemeConfig:
 
     kind: str = "joint"
     # bilevel (paper G eq. 8): l inner head steps per mini-batch, proximal
-    # strength lambda, momentum-SGD inner optimiser (inner_lr None = optim.lr).
+    # strength lambda. Inner optimiser: Adam at the outer learning rate (G §5: "the Adam
+    # optimizer ... the same learning rate with five inner optimization steps"; its state
+    # persists across mini-batches), or momentum SGD (inner_momentum). inner_lr None = optim.lr.
     inner_steps: int = 5
     lam: float = 1.0
+    inner_optim: str = "adam"
     inner_lr: float | None = None
     inner_momentum: float = 0.9
-    # pca-top / pca-bottom: size of the fixed training subset the PCA runs on.
-    pca_subset: int = 2048
+    # pca-top / pca-bottom: size of the fixed training subset the PCA runs on; None = the
+    # whole training split. It must exceed the feature size m by far, or the bottom
+    # directions come from the (arbitrary) zero eigenspace of a rank-deficient sample.
+    pca_subset: int | None = None
     # slow-optimal: subset size, relative-loss-change tolerance and step cap.
     slow_subset: int = 2048
     slow_tol: float = 1e-4
@@ -112,7 +120,15 @@ class TrainConfig:
     data: str = "cifar10"
     data_root: str | None = None
     data_limit: int | None = None
+    # validation carved from the official training split (split_scheme standard); paper G
+    # trains on the whole training split (val_fraction 0), paper S uses split_scheme "s":
+    # official train + test pooled and cut 70/10/20 into train/val/test with the run's seed.
     val_fraction: float = 0.1
+    split_scheme: str = "standard"
+    # dataset options: images resized to image_size at load time (None = the loader's
+    # default), label_level for FGVC-Aircraft (variant 100 / family 70 / manufacturer 30 classes)
+    image_size: int | None = None
+    label_level: str | None = None
     backbone: str = "resnet50"
     width: float = 1.0
     cifar_stem: bool | None = None
@@ -126,6 +142,9 @@ class TrainConfig:
     knn_every: int = 1
     knn_subset: int = 2000
     knn_k: int = 200
+    # which checkpoint stands for the run in sweeps and analyses: "last" (paper G) or "best",
+    # the lowest validation contrastive loss (paper S), kept as best.pt beside last.pt.
+    select: str = "last"
     head: HeadConfig = field(default_factory=HeadConfig)
     scheme: SchemeConfig = field(default_factory=SchemeConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -139,6 +158,9 @@ METHODS = ("simclr", "simsiam")
 SCHEMES = ("joint", "fixed", "pca-top", "pca-bottom", "slow-single", "slow-optimal", "bilevel")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("none", "cosine")
+INNER_OPTIMIZERS = ("adam", "sgd")
+SELECT = ("last", "best")
+LABEL_LEVELS = ("variant", "family", "manufacturer")  # FGVC-Aircraft: 100 / 70 / 30 classes
 
 
 def list_presets() -> list[str]:
@@ -272,6 +294,12 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"temperature must be positive, got {cfg.temperature}")
     if not 0 <= cfg.val_fraction < 1:
         raise UserError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
+    if cfg.select not in SELECT:
+        raise UserError(f"unknown select '{cfg.select}'; known: {', '.join(SELECT)}")
+    if cfg.select == "best" and cfg.split_scheme == "standard" and cfg.val_fraction == 0:
+        raise UserError("select=best keeps the checkpoint with the best validation loss, but "
+                        "val_fraction=0 leaves no validation split")
+    validate_dataset_options(cfg)
     validate_ae_and_pretrained(cfg)
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith(("cuda", "mps")):
         raise UserError(f"unknown device '{cfg.device}'; use auto, cpu, cuda or cuda:N")
@@ -295,21 +323,52 @@ def _validate_scheme(cfg: TrainConfig) -> None:
     if kind in ("slow-single", "slow-optimal", "bilevel") and head in ("none", "directclr"):
         raise UserError(f"scheme.kind={kind} updates the head, but head.kind={head} has no "
                         "parameters; use scheme.kind=fixed or a linear/mlp head")
+    if cfg.head.d0 is not None and cfg.head.d0 < 1:
+        raise UserError(f"head.d0 must be positive, got {cfg.head.d0}")
     if s.inner_steps < 0:
         raise UserError(f"scheme.inner_steps must be >= 0, got {s.inner_steps}")
     if s.lam < 0:
         raise UserError(f"scheme.lam must be >= 0, got {s.lam}")
     if s.inner_lr is not None and not s.inner_lr > 0:
         raise UserError(f"scheme.inner_lr must be positive, got {s.inner_lr}")
+    if s.inner_optim not in INNER_OPTIMIZERS:
+        raise UserError(f"unknown scheme.inner_optim '{s.inner_optim}'; known: "
+                        f"{', '.join(INNER_OPTIMIZERS)}")
     if not 0 <= s.inner_momentum < 1:
         raise UserError(f"scheme.inner_momentum must be in [0, 1), got {s.inner_momentum}")
     for name in ("pca_subset", "slow_subset", "slow_max_steps"):
-        if getattr(s, name) < 1:
+        if getattr(s, name) is not None and getattr(s, name) < 1:
             raise UserError(f"scheme.{name} must be at least 1, got {getattr(s, name)}")
     if not s.slow_tol >= 0:
         raise UserError(f"scheme.slow_tol must be >= 0, got {s.slow_tol}")
     if cfg.pred_hidden is not None and cfg.pred_hidden < 1:
         raise UserError(f"pred_hidden must be positive, got {cfg.pred_hidden}")
+
+
+def directclr_d0(cfg: TrainConfig, feature_dim: int) -> int:
+    """DirectCLR's d0 for a backbone of ``feature_dim`` features: ``head.d0``, or by default
+    its reference value 360 (for 2048-d ResNet-50 features) scaled to the feature size."""
+    if cfg.head.d0 is not None:
+        return cfg.head.d0
+    return max(1, round(360 * feature_dim / 2048))
+
+
+def dataset_options(cfg: TrainConfig) -> dict:
+    """The keyword arguments of ``repdiag.data.load_dataset`` that this run's config sets."""
+    from repdiag.data import dataset_kwargs
+
+    return dataset_kwargs(cfg.to_dict())
+
+
+def validate_dataset_options(cfg: TrainConfig) -> None:
+    """Split scheme and dataset options that the named dataset accepts (before any work)."""
+    from repdiag.data import check_dataset_options
+
+    if cfg.image_size is not None and cfg.image_size < 1:
+        raise UserError(f"image_size must be positive, got {cfg.image_size}")
+    if cfg.label_level is not None and cfg.label_level not in LABEL_LEVELS:
+        raise UserError(f"unknown label_level '{cfg.label_level}'; known: {', '.join(LABEL_LEVELS)}")
+    check_dataset_options(cfg.data, dataset_options(cfg))
 
 
 def validate_ae_and_pretrained(cfg: TrainConfig) -> None:

@@ -38,21 +38,26 @@ def epoch_monitor(backbone, head, data, cfg, device, mean=None, std=None) -> dic
     kNN: k=cfg.knn_k, T=cfg.temperature; the memory bank is a fixed training
     subset, the queries a fixed validation subset. RankMe (Garrido et al. 2023,
     entropy of the normalised singular values) of H and of Z = g(H) on the
-    validation subset: a drop signals dimensional collapse.
+    query subset: a drop signals dimensional collapse.
+
+    A run without a validation split (paper G trains on the whole training
+    split) is monitored on a test subset instead; that number is logged as
+    ``knn_test`` and nothing (checkpoint, schedule, sweep) is selected on it.
     """
-    if len(data.val) == 0:
+    queries, key = (data.val, "knn_val") if len(data.val) > 0 else (data.test, "knn_test")
+    if len(queries) == 0:
         return {}
     tr = fixed_subset(len(data.train), cfg.knn_subset, cfg.seed + 1)
-    va = fixed_subset(len(data.val), cfg.knn_subset, cfg.seed + 2)
+    va = fixed_subset(len(queries), cfg.knn_subset, cfg.seed + 2)
     h_train = embed(backbone, data.train.images[tr], device, mean=mean, std=std)
-    h_val = embed(backbone, data.val.images[va], device, mean=mean, std=std)
-    res = knn_probe(h_train, data.train.labels[tr], h_val, data.val.labels[va],
+    h_val = embed(backbone, queries.images[va], device, mean=mean, std=std)
+    res = knn_probe(h_train, data.train.labels[tr], h_val, queries.labels[va],
                     k=cfg.knn_k, temperature=cfg.temperature, num_classes=data.num_classes)
     was_training = head.training
     head.eval()
     with torch.no_grad():
         z_val = head(h_val.to(device)).float().cpu()
     head.train(was_training)
-    return {"knn_val": float(res.accuracy),
+    return {key: float(res.accuracy),
             "rankme_h": float(rank(h_val, centred=False).effective_rank),
             "rankme_z": float(rank(z_val, centred=False).effective_rank)}

@@ -29,7 +29,7 @@ from repdiag.checkpoint import (
 from repdiag.data import load_dataset
 from repdiag.errors import UserError
 from repdiag.models import BackboneSpec, HeadSpec, build_backbone, build_head, default_cifar_stem
-from train.config import TrainConfig, from_dict, validate
+from train.config import TrainConfig, dataset_options, directclr_d0, from_dict, validate
 from train.monitor import epoch_monitor
 from train.schemes import build_scheme, load_pretrained_head
 
@@ -87,8 +87,8 @@ class Trainer:
         self.quiet = quiet
         self.device = resolve_device(cfg.device)
         self._prepare_out_dir(resume)
-        self.data = load_dataset(cfg.data, root=cfg.data_root, val_fraction=cfg.val_fraction,
-                                 seed=cfg.seed, limit=cfg.data_limit)
+        self.data = load_dataset(cfg.data, root=cfg.data_root, limit=cfg.data_limit,
+                                 **dataset_options(cfg))
         if len(self.data.train) < 2:
             raise UserError(f"dataset '{cfg.data}' has fewer than 2 training images")
         self.image_size = int(self.data.train.images.shape[-1])
@@ -103,11 +103,13 @@ class Trainer:
             load_imagenet_backbone(self.backbone, cfg.backbone, width=cfg.width,
                                    cifar_stem=cifar_stem)
         h = cfg.head
+        if h.kind == "directclr":  # the d0 used is recorded in config.yaml and the checkpoint
+            h.d0 = directclr_d0(cfg, self.backbone.feature_dim)
         self.head_spec = HeadSpec(kind=h.kind, in_dim=self.backbone.feature_dim,
                                   hidden_dim=h.hidden_dim, out_dim=h.out_dim,
                                   activation=h.activation, bias=h.bias, batchnorm=h.batchnorm,
-                                  num_layers=h.num_layers, d0=h.d0, init=h.init,
-                                  last_bn=h.last_bn)
+                                  num_layers=h.num_layers, init=h.init, last_bn=h.last_bn,
+                                  **({"d0": h.d0} if h.d0 is not None else {}))
         self.head = build_head(self.head_spec)
         if h.pretrained and not resume:  # frozen only with scheme.kind=fixed; else an init
             load_pretrained_head(self.head, h.pretrained)
@@ -150,6 +152,7 @@ class Trainer:
                            f"into {ae_dir}")
             train_autoencoder(AEConfig(data=cfg.data, data_root=cfg.data_root,
                                        data_limit=cfg.data_limit, val_fraction=cfg.val_fraction,
+                                       split_scheme=cfg.split_scheme,
                                        latent=cfg.head.hidden_dim, epochs=cfg.head.ae_epochs,
                                        seed=cfg.seed, device=cfg.device), ae_dir, quiet=self.quiet)
         return str(path)
@@ -201,14 +204,22 @@ class Trainer:
         if self.epoch == 0 and self.cfg.save_every:
             self._save(self.out / "checkpoints" / "epoch_000.pt")
         while self.epoch < self.cfg.epochs:
+            head_before = head_vector(self.head)
             line = self._train_epoch(self.epoch + 1)
             self.epoch += 1
             self.scheme.on_epoch_end(self)
+            # measured on the state the checkpoint holds (after e.g. a PCA refit)
+            line["head_rel_change"] = relative_change(head_before, head_vector(self.head))
+            line.update(self.scheme.epoch_metrics())
+            line.update(self._evaluate(self.epoch))
+            best = self._is_best(line)
             self.metrics.append(line)
             self._append_metrics(line)
             if self.cfg.save_every and self.epoch % self.cfg.save_every == 0:
                 self._save(self.out / "checkpoints" / f"epoch_{self.epoch:03d}.pt")
             self._save(self.out / "last.pt")
+            if best:
+                self._save(self.out / "best.pt")
             if not self.quiet:
                 tqdm.write(format_metrics(line))
         return self.metrics[-1] if self.metrics else {}
@@ -250,10 +261,44 @@ class Trainer:
             "seconds": seconds,
             "images_per_s": count / seconds if seconds > 0 else float("nan"),
         }
-        if self.cfg.knn_every and (epoch % self.cfg.knn_every == 0 or epoch == self.cfg.epochs):
-            line.update(epoch_monitor(self.backbone, self.head, self.data, self.cfg, self.device,
-                                      *self.input_norm))
         return line
+
+    def _evaluate(self, epoch: int) -> dict:
+        """End-of-epoch numbers: validation contrastive loss, then the kNN/RankMe monitor."""
+        out = {}
+        if len(self.data.val) >= 2:  # NT-Xent needs a negative
+            out["val_loss"] = self.validation_loss()
+        if self.cfg.knn_every and (epoch % self.cfg.knn_every == 0 or epoch == self.cfg.epochs):
+            out.update(epoch_monitor(self.backbone, self.head, self.data, self.cfg, self.device,
+                                     *self.input_norm))
+        return out
+
+    def validation_loss(self) -> float:
+        """Mean contrastive loss on the validation split (paper S's checkpoint criterion).
+
+        Eval mode, no gradient, batches of the training batch size (the
+        NT-Xent value depends on it) over the validation images in their
+        stored order, two views drawn from a generator with a fixed seed
+        (``epoch_generator(seed, 0)``; training epochs start at 1), so the
+        same views are scored at every epoch and only the model changes.
+        """
+        images = self.data.val.images
+        bs = min(self.cfg.batch_size, len(images))
+        gen = epoch_generator(self.cfg.seed, 0)
+        losses = []
+        with self.scheme.evaluating():
+            for i in range(len(images) // bs):
+                x = images[i * bs:(i + 1) * bs].to(self.device)
+                v1, v2 = two_views(x, self.aug, generator=gen)
+                losses.append(float(self.scheme.loss(v1, v2)))
+        return sum(losses) / len(losses)
+
+    def _is_best(self, line: dict) -> bool:
+        """Whether this epoch's validation loss is the lowest so far (then best.pt is written)."""
+        if "val_loss" not in line or not math.isfinite(line["val_loss"]):
+            return False
+        earlier = [m["val_loss"] for m in self.metrics if m.get("val_loss") is not None]
+        return not earlier or line["val_loss"] < min(earlier)
 
     # ------------------------------------------------------------------ output
     def _save(self, path: Path) -> None:
@@ -282,12 +327,32 @@ class Trainer:
             f.flush()
 
 
+def head_vector(head: torch.nn.Module) -> torch.Tensor | None:
+    """All of the head's parameters as one flat float64 vector (None for a parameter-free head)."""
+    params = [p.detach().reshape(-1).double().cpu() for p in head.parameters()]
+    return torch.cat(params) if params else None
+
+
+def relative_change(before: torch.Tensor | None, after: torch.Tensor | None) -> float | None:
+    """‖θ_after − θ_before‖ / ‖θ_before‖: how far the head moved in an epoch (None if no head)."""
+    if before is None or after is None or float(before.norm()) == 0.0:
+        return None
+    return float((after - before).norm() / before.norm())
+
+
 def format_metrics(line: dict) -> str:
     """One human-readable progress line for an epoch's metrics."""
     parts = [f"epoch {line['epoch']}", f"loss {line['loss']:.4f}",
              f"{line['seconds']:.1f} s", f"{line['images_per_s']:.0f} img/s"]
+    if line.get("val_loss") is not None:
+        parts.append(f"val loss {line['val_loss']:.4f}")
+    if line.get("head_rel_change") is not None:
+        parts.append(f"head moved {line['head_rel_change']:.1e}")
     if "knn_val" in line:
         parts.append(f"kNN(val) {100 * line['knn_val']:.2f}%")
+    if "knn_test" in line:
+        parts.append(f"kNN(test, not used for selection) {100 * line['knn_test']:.2f}%")
+    if "rankme_h" in line:
         parts.append(f"RankMe h {line['rankme_h']:.1f} z {line['rankme_z']:.1f}")
     return " | ".join(parts)
 

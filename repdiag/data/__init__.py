@@ -14,7 +14,13 @@ list_datasets), ``splits`` (seeded stratified splitting), ``idx`` (IDX files),
 
 from repdiag.data.base import SPLIT_NAMES, Dataset, ImageSplit
 from repdiag.data.idx import read_idx, write_idx
-from repdiag.data.registry import list_datasets, load_dataset, register
+from repdiag.data.registry import (
+    check_dataset_options,
+    dataset_kwargs,
+    list_datasets,
+    load_dataset,
+    register,
+)
 from repdiag.data.splits import SPLIT_SCHEMES
 from repdiag.data.synthetic import make_synthetic
 
@@ -26,6 +32,8 @@ __all__ = [
     "SPLIT_SCHEMES",
     "Dataset",
     "ImageSplit",
+    "check_dataset_options",
+    "dataset_kwargs",
     "list_datasets",
     "load_dataset",
     "make_synthetic",

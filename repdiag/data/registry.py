@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,49 @@ def _lookup(name: str) -> tuple[_Entry, str | None]:
     if sep and not entry.takes_arg:
         raise UserError(f"dataset {key!r} takes no ':' argument (got {name!r})")
     return entry, (arg if sep and arg else None)
+
+
+#: run-config keys that are dataset options, and the loader keyword each one maps to
+CONFIG_OPTIONS = {"image_size": "image_size", "label_level": "annotation_level"}
+
+
+def dataset_kwargs(config: Mapping[str, Any], *, for_dataset: str | None = None) -> dict[str, Any]:
+    """The :func:`load_dataset` keyword arguments a run config records (seed, split, options).
+
+    The trainer and the feature extractor both call this, so a checkpoint's
+    features come from exactly the splits, image size and labels it was
+    trained on. ``for_dataset`` (a dataset other than the config's, e.g.
+    ``--data``) keeps only the options that dataset accepts.
+    """
+    kw: dict[str, Any] = {
+        "seed": int(config.get("seed", 0) or 0),
+        "val_fraction": float(config.get("val_fraction", 0.1)),
+        "split_scheme": config.get("split_scheme") or "standard",
+    }
+    for key, option in CONFIG_OPTIONS.items():
+        if config.get(key) is not None:
+            kw[option] = config[key]
+    if for_dataset is not None:
+        entry, _ = _lookup(for_dataset)
+        kw = {k: v for k, v in kw.items() if k in _GENERIC or k in entry.options}
+    return kw
+
+
+_GENERIC = ("seed", "val_fraction", "split_scheme")
+
+
+def check_dataset_options(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Raise a UserError if dataset ``name`` does not exist or does not take one of ``kwargs``."""
+    entry, _ = _lookup(name)
+    scheme = kwargs.get("split_scheme", "standard")
+    if scheme not in SPLIT_SCHEMES:
+        raise UserError(f"unknown split_scheme {scheme!r}; valid: {', '.join(SPLIT_SCHEMES)}")
+    config_name = {v: k for k, v in CONFIG_OPTIONS.items()}
+    bad = sorted(config_name.get(k, k) for k in kwargs if k not in _GENERIC and k not in entry.options)
+    if bad:
+        takes = sorted(config_name.get(o, o) for o in entry.options if o != "download")
+        raise UserError(f"dataset {entry.name!r} does not take {', '.join(bad)}; it takes: "
+                        f"{', '.join(takes) or 'no options'}")
 
 
 def load_dataset(

@@ -62,6 +62,9 @@ class SimCLRMethod:
     def parameters(self) -> list[nn.Parameter]:
         return []
 
+    def modules(self) -> list[nn.Module]:
+        return []
+
     def loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         return nt_xent(z1, z2, self.temperature)
 
@@ -92,6 +95,9 @@ class SimSiamMethod:
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.predictor.parameters())
+
+    def modules(self) -> list[nn.Module]:
+        return [self.predictor]
 
     def loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         p1, p2 = self.predictor(torch.cat([z1, z2])).chunk(2)
@@ -166,11 +172,29 @@ class Scheme:
         self.optimizer.step()
         return float(loss.detach())
 
+    @contextlib.contextmanager
+    def evaluating(self):
+        """Backbone, head and the method's modules in eval mode without gradients (restored after)."""
+        modules = [self.backbone, self.head, *self.method.modules()]
+        modes = [m.training for m in modules]
+        try:
+            for m in modules:
+                m.eval()
+            with torch.no_grad():
+                yield
+        finally:
+            for m, mode in zip(modules, modes, strict=True):
+                m.train(mode)
+
     def on_train_start(self, trainer) -> None:
         """Called once before the first epoch of a fresh run (not on resume)."""
 
     def on_epoch_end(self, trainer) -> None:
         """Called after each epoch's steps, before the checkpoint is written."""
+
+    def epoch_metrics(self) -> dict:
+        """Numbers of the scheme's own to log with the epoch (e.g. the PCA eigenvalues)."""
+        return {}
 
     def extra_state(self) -> dict:
         return dict(self.method.state())
