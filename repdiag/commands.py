@@ -79,18 +79,54 @@ def _labels(sources: list[FeatureSource]) -> list[str]:
     return names
 
 
-def _emit(args, reports: list[dict], labels: list[str], table: pd.DataFrame) -> None:
+def _emit(args, reports: list[dict], labels: list[str], table: pd.DataFrame,
+          header: list[str] = (), notes: list[str] = ()) -> None:
     if args.json:
         if len(reports) == 1:
             print(json.dumps(reports[0]))
         else:
             print(json.dumps([{"source": lab, **r} for lab, r in zip(labels, reports, strict=True)]))
     else:
+        for line in header:
+            print(line)
         print(table.to_string(index=False))
+        for line in notes:
+            print(line)
 
 
-def _fmt_pct(x: float) -> str:
+def _fmt_pct(x: float | None) -> str:
+    if x is None:
+        return "—"
     return f"{100 * x:.2f}" if isinstance(x, float) and math.isfinite(x) else "-"
+
+
+def protocol_header(report: dict) -> list[str]:
+    """The lines above a probe table naming the protocol (preset) that produced its numbers."""
+    p = report["protocol"]
+    if p.get("name") == "knn":
+        vote = "exp(sim/T)" if p["distance"] == "cosine" else p.get("weight", "")
+        return [f"probe: kNN, preset {p['preset']}: k={p['k']}, {p['distance']}, vote {vote}, "
+                f"T={p['temperature']:g}", f"  ({p['source']})"]
+    preset = p.get("preset")
+    if preset == "fast":
+        what = ("standardised features, full-batch L-BFGS on scikit-learn's logistic objective "
+                f"(C={p['C']:g}, at most {p['max_iter']} iterations); not paper G's protocol "
+                "(--preset g)")
+    elif preset == "g":
+        what = (f"paper G: nn.Linear, Adam lr {p['lr']:g}, wd {p['weight_decay']:g}, batch "
+                f"{p['batch_size']}, {p['epochs']} epochs, last epoch")
+    elif preset == "s":
+        what = ("paper S: logistic regression on 70/10/20 of the test split, SGD lr "
+                f"{p['lr']:g}, batch {p['batch_size']}, {p['epochs']} epochs, best validation loss")
+    else:
+        what = str(preset)
+    return [f"probe: linear, preset {preset}: {what}"]
+
+
+def undefined_notes(labels: list[str], reports: list[dict]) -> list[str]:
+    """One line per feature set a report leaves undefined, with the reason."""
+    return [f"{lab}: {feat} not defined ({why})" for lab, rep in zip(labels, reports, strict=True)
+            for feat, why in rep.get("undefined", {}).items()]
 
 
 def _out_dir(args) -> Path | None:
@@ -179,7 +215,8 @@ def run_probe(args: argparse.Namespace) -> int:
                for s in sources]
     _probe_figure(args, labels, reports, f"probe_{args.probe}")
     _emit(args, reports, labels, _probe_rows(labels, reports, lambda r: {
-        "probe": r["probe"], "train/test": f"{r['n_train']}/{r['n_test']}"}))
+        "probe": r["probe"], "train/test": f"{r['n_train']}/{r['n_test']}"}),
+        header=protocol_header(reports[0]), notes=undefined_notes(labels, reports))
     return 0
 
 
@@ -192,7 +229,8 @@ def run_nullspace(args: argparse.Namespace) -> int:
     _emit(args, reports, labels, _probe_rows(labels, reports, lambda r: {
         "probe": r["probe"], "head": "x".join(map(str, r["head_shape"])),
         "head rank": r["head_rank"], "residual": f"{r['residual']:.1e}",
-        "range energy (%)": _fmt_pct(r["energy_range"])}))
+        "range energy (%)": _fmt_pct(r["energy_range"])}),
+        header=protocol_header(reports[0]), notes=undefined_notes(labels, reports))
     return 0
 
 

@@ -107,13 +107,37 @@ def probe_report(src: FeatureSource, probe: str = "knn", on: str | tuple[str, ..
             results[n] = knn_probe(tr, train.y, te, test.y, preset=preset or "g")
         else:
             results[n] = linear_probe(tr, train.y, te, test.y, preset=preset or "fast", seed=seed)
+    undefined = null_space_undefined(train.weight, svd) if "h_n" in names else None
     first = next(iter(results.values()))
     out = {"probe": probe, "protocol": first.protocol,
-           "accuracy": {n: float(results[n].accuracy) for n in names},
+           "accuracy": {n: None if (n == "h_n" and undefined) else float(results[n].accuracy)
+                        for n in names},
            "n_train": first.n_train, "n_test": first.n_test}
+    if undefined:
+        out["undefined"] = {"h_n": undefined}
     if svd is not None:
         out.update(head_rank=svd.rank, tol=svd.tol)
     return out
+
+
+def null_space_undefined(weight: torch.Tensor | None, svd=None) -> str | None:
+    """Why h_n is not defined for this head, or None if it is.
+
+    h_n = h − A⁺A h (paper G eq. 4) is identically zero when A has full column
+    rank m (its null space is {0}): always for no head (A = I), and for a
+    first layer that maps m features injectively onto d ≥ m (an MLP whose
+    hidden width exceeds m). A probe on h_n then measures nothing.
+    """
+    if weight is None:
+        return None
+    d, m = weight.shape
+    if d == m and torch.equal(weight, torch.eye(m, dtype=weight.dtype)):
+        return "no head: A = I, so h_n = h - A+Ah is identically 0"
+    rank = (svd or head_svd(weight)).rank
+    if rank == m:
+        return (f"the head's map A ({d}x{m}) has full column rank {m}: its null space is {{0}}, "
+                "so h_n is identically 0")
+    return None
 
 
 def _pair(train: FeatureSet, test: FeatureSet, name: str) -> tuple:

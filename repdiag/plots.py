@@ -64,7 +64,8 @@ def probe_figure(accuracies: Mapping[str, Mapping[str, float]], probe: str = "kn
                  title: str = "") -> plt.Figure:
     """Grouped bars of probe accuracy (%) on h, h_r, h_n, z per model (paper G Fig. 3-4).
 
-    ``accuracies`` maps a model label to ``{feature name: accuracy fraction}``.
+    ``accuracies`` maps a model label to ``{feature name: accuracy fraction}``;
+    a missing or None accuracy (e.g. h_n of a head without null space) draws no bar.
     """
     labels = list(accuracies)
     names = [n for n in FEATURE_LABELS if any(n in accuracies[m] for m in labels)]
@@ -72,7 +73,7 @@ def probe_figure(accuracies: Mapping[str, Mapping[str, float]], probe: str = "kn
     x = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(labels) + 2), 3.6))
     for j, n in enumerate(names):
-        vals = [100 * accuracies[m].get(n, np.nan) for m in labels]
+        vals = [np.nan if accuracies[m].get(n) is None else 100 * accuracies[m][n] for m in labels]
         ax.bar(x + (j - (len(names) - 1) / 2) * width, vals, width, label=FEATURE_LABELS[n])
     ax.set_xticks(x, labels, rotation=20, ha="right")
     ax.set_ylabel(f"{probe} accuracy (%)")

@@ -212,5 +212,10 @@ def test_ae_checkpoint_path_template_and_example_grid():
     from pathlib import Path
 
     grid = Path(__file__).parent.parent / "train" / "grids" / "s-cifar10.yaml"
-    runs = expand(read_grid(grid))
-    assert len(runs) == 2 * 3 * 3 * 4 * 3 and len({r.name for r in runs}) == len(runs)
+    g = read_grid(grid)
+    runs = expand(g)
+    # S §3.5: ae/mlp x dim(g) x dim(z) x activation x Z-score = 144 configurations, 3 seeds
+    assert len(runs) == 2 * 3 * 3 * 4 * 2 * 3 and len({r.name for r in runs}) == len(runs)
+    assert {r.config.augment.zscore for r in runs} == {False, True}
+    assert g.probes == ["linear:s"] and g.checkpoint == "best"  # S's Acc@1 on best-val-loss runs
+    assert {r.config.split_seed for r in runs} == {0}  # one split for every run, as in S

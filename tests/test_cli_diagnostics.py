@@ -128,3 +128,50 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, make, args, msg):
     err = capsys.readouterr().err
     assert code == 2 and msg in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def no_head_ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("nohead")
+    cfg = load_config("fmnist-tiny", ["data=synthetic", "data_limit=96", "width=0.125",
+                                      "batch_size=32", "epochs=1", "knn_every=0", "head.kind=none"])
+    Trainer(cfg, out, quiet=True).run()
+    return out / "last.pt"
+
+
+def test_nullspace_of_no_head_reports_h_n_as_undefined(no_head_ckpt, capsys):
+    """A = I: h_n is identically zero, so its probe accuracy is not a number to report."""
+    n = run_json(capsys, "nullspace", str(no_head_ckpt), "--probe", "knn")
+    assert n["accuracy"]["h_n"] is None and "no head" in n["undefined"]["h_n"]
+    assert n["accuracy"]["h_r"] == n["accuracy"]["h"]  # h_r = h
+    assert main(["nullspace", str(no_head_ckpt)]) == 0
+    out = capsys.readouterr().out
+    assert "—" in out and "h_n not defined (no head" in out
+
+
+def test_h_n_is_undefined_for_an_injective_head_and_defined_otherwise(tmp_path, capsys):
+    from repdiag.diagnose import null_space_undefined
+
+    g = torch.Generator().manual_seed(1)
+    wide = torch.randn(12, 8, generator=g)  # 8 -> 12: full column rank, null space {0}
+    assert "full column rank 8" in null_space_undefined(wide)
+    assert null_space_undefined(torch.randn(4, 8, generator=g)) is None  # 8 -> 4: rank 4 < 8
+    assert null_space_undefined(torch.randn(12, 2, generator=g) @ torch.randn(2, 8, generator=g)) \
+        is None  # wide but rank 2
+    f = str(_feature_file(tmp_path / "f.pt"))  # rank-4 head on 24-d features
+    n = run_json(capsys, "nullspace", f)
+    assert n["accuracy"]["h_n"] is not None and "undefined" not in n
+
+
+def test_probe_tables_name_the_protocol_that_ran(tmp_path, capsys):
+    f = str(_feature_file(tmp_path / "f.pt"))
+    assert main(["nullspace", f]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("probe: kNN, preset g: k=200, cosine") and "T=0.5" in out[0]
+    assert "not published by G" in out[1]
+    assert main(["probe", f, "--probe", "linear"]) == 0
+    assert "preset fast" in capsys.readouterr().out.splitlines()[0]
+    assert main(["probe", f, "--probe", "linear", "--preset", "g"]) == 0
+    assert "preset g: paper G: nn.Linear, Adam lr 0.001" in capsys.readouterr().out
+    js = run_json(capsys, "probe", f)
+    assert "not published by G" in js["protocol"]["source"]

@@ -155,3 +155,29 @@ def test_changed_config_in_existing_folder_is_refused(tmp_path):
     write_grid(g, {"head.kind": ["linear"]}, extra=["knn_every=0", "optim.lr=0.01"])
     with pytest.raises(UserError, match="optim.lr"):
         run_sweep(g, out, quiet=True)
+
+
+def test_sweep_probes_the_best_checkpoint_when_asked(tmp_path):
+    from repdiag.diagnose import probe_report
+    from repdiag.features import FeatureSource
+
+    g = write_grid(tmp_path / "g.yaml", {"head.kind": ["linear"]},
+                   extra=["knn_every=0", "epochs=3", "data_limit=64"])
+    tree = yaml.safe_load(g.read_text())
+    tree["checkpoint"] = "best"
+    g.write_text(yaml.safe_dump(tree))
+    out = tmp_path / "s"
+    run_sweep(g, out, quiet=True)
+    res = pd.read_csv(out / "results.csv")
+    run_dir = out / res["run"][0]
+    assert res["checkpoint"][0] == "best.pt" and (run_dir / "best.pt").exists()
+    direct = probe_report(FeatureSource(run_dir / "best.pt"), "knn", ("h", "z"))["accuracy"]
+    assert res["knn_g_h"][0] == pytest.approx(direct["h"])
+    assert "checkpoint_mean" not in pd.read_csv(out / "summary.csv").columns
+
+
+def test_grid_checkpoint_choice_is_checked(tmp_path, capsys):
+    g = tmp_path / "g.yaml"
+    g.write_text("base: fmnist-tiny\ncheckpoint: peak\n")
+    assert main(["sweep", str(g), "--out", str(tmp_path / "s"), "--quiet"]) == 2
+    assert "'checkpoint' must be best" in capsys.readouterr().err

@@ -58,6 +58,7 @@ import yaml
 from torch import nn
 
 from repdiag.checkpoint import atomic_torch_save, safe_torch_load
+from repdiag.data import check_dataset_options, dataset_kwargs, load_dataset
 from repdiag.errors import UserError
 
 AE_FORMAT = "repdiag-autoencoder"
@@ -77,6 +78,9 @@ class AEConfig:
     data_limit: int | None = None
     val_fraction: float = 0.1
     split_scheme: str = "standard"  # "s": S's pooled 70/10/20 split
+    split_seed: int | None = None  # seeds the split; None = seed
+    image_size: int | None = None  # dataset option: resize at load (S: 128 for Imagenette/FGVC)
+    label_level: str | None = None  # FGVC-Aircraft: variant / family / manufacturer
     latent: int = 512
     epochs: int = 100
     lr: float = 1e-4
@@ -97,8 +101,7 @@ def validate_ae_config(cfg: AEConfig) -> None:
         raise UserError(f"latent must be one of {', '.join(map(str, LATENTS))}, got {cfg.latent}")
     if cfg.zscore not in ZSCORE_MODES:
         raise UserError(f"unknown zscore '{cfg.zscore}'; known: {', '.join(ZSCORE_MODES)}")
-    if cfg.split_scheme not in ("standard", "s"):
-        raise UserError(f"unknown split_scheme '{cfg.split_scheme}'; known: standard, s")
+    check_dataset_options(cfg.data, dataset_kwargs(cfg.to_dict()))
     for name in ("epochs", "batch_size", "max_image_size"):
         if getattr(cfg, name) < 1:
             raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
@@ -209,8 +212,6 @@ def evaluate(model: ShallowAutoencoder, images: torch.Tensor, stats, cfg: AEConf
 
 def train_autoencoder(cfg: AEConfig, out_dir: str | os.PathLike, *, quiet: bool = False) -> dict:
     """Train the autoencoder of ``cfg`` into ``out_dir``; returns a summary dict."""
-    from repdiag.data import load_dataset
-
     validate_ae_config(cfg)
     out = Path(out_dir)
     try:
@@ -221,8 +222,8 @@ def train_autoencoder(cfg: AEConfig, out_dir: str | os.PathLike, *, quiet: bool 
     if ck_path.exists():
         raise UserError(f"{out} already holds an autoencoder ({CHECKPOINT_NAME}); use another --out")
     device = _device(cfg.device)
-    data = load_dataset(cfg.data, root=cfg.data_root, val_fraction=cfg.val_fraction,
-                        seed=cfg.seed, limit=cfg.data_limit, split_scheme=cfg.split_scheme)
+    data = load_dataset(cfg.data, root=cfg.data_root, limit=cfg.data_limit,
+                        **dataset_kwargs(cfg.to_dict()))
     if len(data.train) < 1 or len(data.val) < 1:
         raise UserError(f"dataset '{cfg.data}': the autoencoder needs non-empty train and "
                         "validation splits")

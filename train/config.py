@@ -125,6 +125,8 @@ class TrainConfig:
     # official train + test pooled and cut 70/10/20 into train/val/test with the run's seed.
     val_fraction: float = 0.1
     split_scheme: str = "standard"
+    # seeds the splits (and generated data); None = seed. Paper S keeps one split for all runs.
+    split_seed: int | None = None
     # dataset options: images resized to image_size at load time (None = the loader's
     # default), label_level for FGVC-Aircraft (variant 100 / family 70 / manufacturer 30 classes)
     image_size: int | None = None

@@ -28,7 +28,10 @@ Outputs (written atomically after every run):
   metrics (``loss``, ``knn_val`` when the run computed it, any other number
   logged in the last ``metrics.jsonl`` line), plus the test accuracies of the
   grid's ``probes`` (default ``[knn]``; e.g. ``[knn, "linear:s"]``) on h and z,
-  as ``knn_g_h``, ``knn_g_z``, ... (cached in each run's ``probes.json``).
+  as ``knn_g_h``, ``knn_g_z``, ... (cached in each run's ``probes.json``), measured
+  on the run's ``checkpoint`` column: the grid's ``checkpoint`` (``best``: the
+  lowest validation contrastive loss, paper S; ``last``) or, if the grid names
+  none, each run's own ``select``.
 - ``DIR/summary.csv``: one row per configuration (runs differing only in the
   seed), with ``n_seeds`` and, for each metric, the statistics paper S reports:
   ``_min``, ``_max``, ``_mean``, ``_range`` (max - min), ``_iqr`` (75th - 25th
@@ -52,7 +55,8 @@ from repdiag.checkpoint import atomic_write_text
 from repdiag.errors import UserError
 from train.config import TrainConfig, load_config
 
-GRID_KEYS = ("base", "set", "grid", "seeds", "probes")
+GRID_KEYS = ("base", "set", "grid", "seeds", "probes", "checkpoint")
+CHECKPOINT_CHOICES = ("best", "last")
 PROBE_KINDS = ("knn", "linear")
 BOOKKEEPING = ("epoch", "lr", "seconds", "images_per_s")
 STATS = ("min", "max", "mean", "range", "iqr", "std")
@@ -77,6 +81,7 @@ class Grid:
     grid: dict
     seeds: list[int] | None
     probes: list[str] = field(default_factory=lambda: ["knn"])
+    checkpoint: str | None = None  # best | last; None: each run's own ``select``
 
 
 def _as_override_value(value) -> str:
@@ -148,36 +153,55 @@ def read_grid(path: str | os.PathLike) -> Grid:
             not isinstance(p, str) or p.partition(":")[0] not in PROBE_KINDS for p in probes):
         raise UserError(f"{path}: 'probes' must be a list of knn, linear or PROBE:PRESET "
                         "(e.g. linear:s); [] turns them off")
-    return Grid(base=base, fixed=fixed, grid=grid, seeds=seeds, probes=probes)
+    checkpoint = tree.get("checkpoint")
+    if checkpoint is not None and checkpoint not in CHECKPOINT_CHOICES:
+        raise UserError(f"{path}: 'checkpoint' must be best (lowest validation loss) or last, "
+                        f"got {checkpoint!r}")
+    return Grid(base=base, fixed=fixed, grid=grid, seeds=seeds, probes=probes,
+                checkpoint=checkpoint)
 
 
-def probe_accuracies(run_dir: Path, probes: list[str]) -> dict:
+def chosen_checkpoint(run_dir: Path, select: str) -> Path:
+    """The checkpoint that stands for a finished run: ``best.pt`` (lowest validation
+    contrastive loss, paper S) or ``last.pt`` (paper G)."""
+    if select == "best":
+        best = run_dir / "best.pt"
+        if not best.exists():
+            raise UserError(f"{run_dir}: select=best but the run has no best.pt (it logged no "
+                            "validation loss); use checkpoint: last")
+        return best
+    return run_dir / "last.pt"
+
+
+def probe_accuracies(run_dir: Path, probes: list[str], select: str = "last") -> dict:
     """Test accuracies of h and z for each probe of a finished run, cached in probes.json.
 
     Columns are named ``{probe}_{preset}_{h|z}`` (e.g. ``knn_g_h``); the probe's
-    training set is the run's train split, nothing is selected on test.
+    training set is the run's train split, nothing is selected on test. The
+    probed checkpoint is :func:`chosen_checkpoint` (``select``: best or last).
     """
     if not probes:
         return {}
     from repdiag.diagnose import probe_report
     from repdiag.features import FeatureSource
 
+    ckpt = chosen_checkpoint(run_dir, select)
     cache_file = run_dir / "probes.json"
     cached = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-    ckpt_mtime = (run_dir / "last.pt").stat().st_mtime
-    if cached.get("_last_pt_mtime") != ckpt_mtime:
-        cached = {"_last_pt_mtime": ckpt_mtime}
+    stamp = [ckpt.name, ckpt.stat().st_mtime]
+    if cached.get("_checkpoint") != stamp:
+        cached = {"_checkpoint": stamp}
     src = None
     for spec in probes:
         kind, _, preset = spec.partition(":")
         preset = preset or {"knn": "g", "linear": "fast"}[kind]
         if all(f"{kind}_{preset}_{f}" in cached for f in ("h", "z")):
             continue
-        src = src or FeatureSource(run_dir / "last.pt")
+        src = src or FeatureSource(ckpt)
         rep = probe_report(src, kind, ("h", "z"), preset=preset)
         cached.update({f"{kind}_{preset}_{f}": acc for f, acc in rep["accuracy"].items()})
     atomic_write_text(cache_file, json.dumps(cached))
-    return {k: v for k, v in cached.items() if not k.startswith("_")}
+    return {"checkpoint": ckpt.name, **{k: v for k, v in cached.items() if not k.startswith("_")}}
 
 
 def _safe(text: str) -> str:
@@ -258,7 +282,7 @@ def run_sweep(grid_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         raise UserError(f"cannot write to --out {out}: {e.strerror or e}") from None
     atomic_write_text(out / "grid.yaml", yaml.safe_dump(
         {"base": grid.base, "set": grid.fixed, "grid": grid.grid, "seeds": grid.seeds,
-         "probes": grid.probes},
+         "probes": grid.probes, "checkpoint": grid.checkpoint},
         sort_keys=False))
     rows: list[dict] = []
     counts = {"finished": 0, "resumed": 0, "started": 0, "skipped": 0}
@@ -292,7 +316,8 @@ def run_sweep(grid_path: str | os.PathLike, out_dir: str | os.PathLike, *,
             print(f"[{i}/{len(runs)}] {run.name}: {action}", flush=True)
         row = _row(run, run_dir, metrics, status)
         if status == "finished":
-            row.update(probe_accuracies(run_dir, grid.probes))
+            row.update(probe_accuracies(run_dir, grid.probes,
+                                        grid.checkpoint or run.config.select))
         rows.append(row)
         write_tables(rows, list(grid.grid), out)
     return {"out": str(out), "runs": len(runs), **counts,
@@ -312,7 +337,7 @@ def _row(run: SweepRun, run_dir: Path, metrics: list, status: str) -> dict:
 
 
 def metric_columns(results, keys: list[str]) -> list[str]:
-    fixed = set(keys) | {"run", "seed", "status", "epochs", "seconds", "folder"}
+    fixed = set(keys) | {"run", "seed", "status", "epochs", "seconds", "folder", "checkpoint"}
     return [c for c in results.columns if c not in fixed]
 
 

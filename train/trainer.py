@@ -152,7 +152,9 @@ class Trainer:
                            f"into {ae_dir}")
             train_autoencoder(AEConfig(data=cfg.data, data_root=cfg.data_root,
                                        data_limit=cfg.data_limit, val_fraction=cfg.val_fraction,
-                                       split_scheme=cfg.split_scheme,
+                                       split_scheme=cfg.split_scheme, split_seed=cfg.split_seed,
+                                       image_size=cfg.image_size,
+                                       label_level=cfg.label_level,
                                        latent=cfg.head.hidden_dim, epochs=cfg.head.ae_epochs,
                                        seed=cfg.seed, device=cfg.device), ae_dir, quiet=self.quiet)
         return str(path)

@@ -88,11 +88,14 @@ def dataset_kwargs(config: Mapping[str, Any], *, for_dataset: str | None = None)
 
     The trainer and the feature extractor both call this, so a checkpoint's
     features come from exactly the splits, image size and labels it was
-    trained on. ``for_dataset`` (a dataset other than the config's, e.g.
-    ``--data``) keeps only the options that dataset accepts.
+    trained on. Splits are seeded by ``split_seed`` when the config sets one
+    (paper S keeps one 70/10/20 split for all runs), else by ``seed``.
+    ``for_dataset`` (a dataset other than the config's, e.g. ``--data``) keeps
+    only the options that dataset accepts.
     """
+    split_seed = config.get("split_seed")
     kw: dict[str, Any] = {
-        "seed": int(config.get("seed", 0) or 0),
+        "seed": int(split_seed if split_seed is not None else config.get("seed", 0) or 0),
         "val_fraction": float(config.get("val_fraction", 0.1)),
         "split_scheme": config.get("split_scheme") or "standard",
     }

@@ -18,6 +18,14 @@ KNN_PRESETS: dict[str, dict[str, Any]] = {
     "solo": {"k": 20, "temperature": 0.07, "distance": "euclidean"},
     "solo-cosine": {"k": 20, "temperature": 0.07, "distance": "cosine"},
 }
+#: where each preset's numbers come from, carried in every result's protocol record
+KNN_PRESET_SOURCES: dict[str, str] = {
+    "g": ("paper G §5: k = 200; T = 0.5 is not published by G: it is the loss temperature "
+          "that leftthomas/SimCLR, the reference code G builds on, uses for its kNN monitor"),
+    "lightly": "lightly's knn_predict defaults (k = 200, T = 0.1)",
+    "solo": "solo-learn's online kNN defaults (k = 20, T = 0.07, Euclidean)",
+    "solo-cosine": "solo-learn's online kNN (k = 20, T = 0.07) with cosine distance",
+}
 EUCLID_EPS = 1e-5
 _NORM_EPS = 1e-12
 _SIM_BUDGET = 2**26  # elements of one chunk x n_train score buffer (auto chunk size; GEMM efficiency
@@ -147,7 +155,8 @@ def _vote(vals: torch.Tensor, idx: torch.Tensor, euclid: bool, labels: torch.Ten
 def _result(pred, yte, p, n_train, k_used, extra=None) -> ProbeResult:
     acc = float((pred == yte).to(torch.float64).mean())
     proto = {"name": "knn", "k": k_used, "k_requested": p["k"], "temperature": p["temperature"],
-             "preset": p["preset"], "distance": p["distance"]}
+             "preset": p["preset"], "distance": p["distance"],
+             "source": KNN_PRESET_SOURCES[p["preset"]]}
     if p["distance"] == "euclidean":
         proto["weight"] = f"1/(distance+{EUCLID_EPS:g})"
     else:
