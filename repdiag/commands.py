@@ -124,9 +124,17 @@ def protocol_header(report: dict) -> list[str]:
 
 
 def undefined_notes(labels: list[str], reports: list[dict]) -> list[str]:
-    """One line per feature set a report leaves undefined, with the reason."""
-    return [f"{lab}: {feat} not defined ({why})" for lab, rep in zip(labels, reports, strict=True)
-            for feat, why in rep.get("undefined", {}).items()]
+    """Lines under a probe table: each feature set a report leaves undefined, with the reason,
+    and each linear probe's convergence (final training objective, gradient norm)."""
+    notes = []
+    for lab, rep in zip(labels, reports, strict=True):
+        notes += [f"{lab}: {feat} not defined ({why})" for feat, why in rep.get("undefined", {}).items()]
+        conv = {f: c for f, c in rep.get("convergence", {}).items()
+                if f not in rep.get("undefined", {}) and "final_loss" in c}
+        if conv:
+            notes.append(f"{lab}: training objective / gradient norm at the end: " + ", ".join(
+                f"{f} {c['final_loss']:.4f} / {c['grad_norm']:.1e}" for f, c in conv.items()))
+    return notes
 
 
 def _out_dir(args) -> Path | None:

@@ -25,6 +25,7 @@ from repdiag.features import FeatureSet, FeatureSource
 
 FEATURE_NAMES = ("h", "h_r", "h_n", "z")
 PROBES = ("knn", "linear")
+CONVERGENCE_KEYS = ("final_loss", "grad_norm", "max_abs_grad", "n_iter")
 
 
 def _matrices(fs: FeatureSet, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -113,6 +114,9 @@ def probe_report(src: FeatureSource, probe: str = "knn", on: str | tuple[str, ..
            "accuracy": {n: None if (n == "h_n" and undefined) else float(results[n].accuracy)
                         for n in names},
            "n_train": first.n_train, "n_test": first.n_test}
+    if probe == "linear":  # how close each probe came to its training objective's optimum
+        out["convergence"] = {n: {k: results[n].details[k] for k in CONVERGENCE_KEYS
+                                  if k in results[n].details} for n in names}
     if undefined:
         out["undefined"] = {"h_n": undefined}
     if svd is not None:

@@ -143,3 +143,32 @@ def test_split_other_presets_form_the_features():
     assert torch.equal(out["h_n"].predictions, ref.predictions)
     with pytest.raises(UserError, match="does not apply"):
         linear_probe_split(xtr, ytr, xte, yte, Q, epochs=3)
+
+
+def test_minibatch_probes_report_their_full_batch_convergence():
+    """final_loss and the gradient norm against one autograd pass over all the data."""
+    from repdiag.diagnostics.linear_probe import full_batch_convergence
+
+    xtr, ytr, xte, yte = _clusters(n_train=300, n_test=100, m=10, c=3)
+    res = linear_probe(xtr, ytr, xte, yte, preset="g", epochs=5, weight_decay=1e-2)
+    d = res.details
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(10, 3)
+    got = full_batch_convergence(lin, xtr, ytr, 1e-2, chunk=64)  # chunked accumulation
+    loss = torch.nn.functional.cross_entropy(lin(xtr), ytr)
+    obj = loss + 0.5e-2 * (lin.weight.square().sum() + lin.bias.square().sum())
+    g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(obj, [lin.weight, lin.bias])])
+    assert got["final_loss"] == pytest.approx(float(obj), rel=1e-5)
+    assert got["grad_norm"] == pytest.approx(float(g.norm()), rel=1e-4)
+    assert got["max_abs_grad"] == pytest.approx(float(g.abs().max()), rel=1e-4)
+    assert {"final_loss", "grad_norm", "max_abs_grad"} <= set(d) and d["grad_norm"] > 0
+    # more epochs of the same protocol come closer to the optimum
+    longer = linear_probe(xtr, ytr, xte, yte, preset="g", epochs=60, weight_decay=1e-2).details
+    assert longer["final_loss"] < d["final_loss"]
+
+
+def test_fast_probe_reports_gradient_norm_at_its_stop():
+    xtr, ytr, xte, yte = _clusters(n_train=300, n_test=100, m=10, c=3)
+    d = linear_probe(xtr, ytr, xte, yte).details
+    assert d["stopped_before_max_iter"] and d["max_abs_grad"] <= 1e-4 + 1e-9
+    assert d["max_abs_grad"] <= d["grad_norm"] <= d["max_abs_grad"] * np.sqrt(33)

@@ -255,7 +255,8 @@ def fit_lbfgs_many(designs: list[Design], y: torch.Tensor, num_classes: int, *, 
         loss, gW, gb = final[i]
         n_iter = int(opt.state[W].get("n_iter", 0))
         info = {"n_iter": n_iter, "final_loss": float(loss),
-                "max_abs_grad": float(max(gW.abs().max(), gb.abs().max())), "l2_lambda": lam,
+                "max_abs_grad": float(max(gW.abs().max(), gb.abs().max())),
+                "grad_norm": float(torch.cat([gW.reshape(-1), gb.reshape(-1)]).norm()), "l2_lambda": lam,
                 "stopped_before_max_iter": n_iter < max_iter}
         out.append((W, b, info))
     return out
