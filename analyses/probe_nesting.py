@@ -37,11 +37,12 @@ import torch
 from repdiag.diagnostics import head_svd, linear_probe_split
 from repdiag.features import FeatureSource
 
-PROTOCOLS = {
-    "fast (standardised, C=1, 100 it)": dict(preset="fast"),
-    "fast, raw features": dict(preset="fast", standardize=False),
-    "fast, raw, C=100, 1000 it": dict(preset="fast", standardize=False, C=100.0, max_iter=1000),
-    "g (raw, Adam 1e-3, wd 1e-6, 200 ep)": dict(preset="g"),
+PROTOCOLS = {  # name: (what it is, linear_probe_split arguments)
+    "fast": ("standardised, C=1, <= 100 L-BFGS it.", dict(preset="fast")),
+    "fast-raw": ("raw features, C=1, <= 100 it.", dict(preset="fast", standardize=False)),
+    "fast-raw-C100": ("raw, C=100, <= 1000 it.",
+                      dict(preset="fast", standardize=False, C=100.0, max_iter=1000)),
+    "g": ("paper G: raw, Adam 1e-3, wd 1e-6, 200 epochs", dict(preset="g")),
 }
 
 
@@ -69,11 +70,13 @@ def main(argv=None) -> int:
     svd = head_svd(tr.weight)
     rows = []
     for name in args.protocols.split(","):
-        kw = dict(PROTOCOLS[name])
+        if name not in PROTOCOLS:
+            ap.error(f"unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}")
+        what, kw = PROTOCOLS[name]
         res = linear_probe_split(tr.h, tr.y, te.h, te.y, svd.basis, seed=0, **kw)
         for feat in ("h", "h_n"):
             d = res[feat].details
-            rows.append({"protocol": name, "features": feat,
+            rows.append({"protocol": name, "settings": what, "features": feat,
                          "test accuracy (%)": round(100 * res[feat].accuracy, 2),
                          "train accuracy (%)": round(100 * d["train_accuracy"], 2),
                          "final training objective": d["final_loss"],

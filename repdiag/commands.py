@@ -17,6 +17,7 @@ import pandas as pd
 from repdiag import diagnose
 from repdiag.errors import UserError
 from repdiag.features import FeatureSource
+from repdiag.runs import is_run_folder, run_checkpoint
 
 
 def add_diagnostic_parsers(sub) -> None:
@@ -32,7 +33,11 @@ def add_diagnostic_parsers(sub) -> None:
     for name, (help_text, func) in specs.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("inputs", nargs="+", metavar="CKPT_OR_FEATURES",
-                       help="repdiag/torchvision/solo-learn/lightly checkpoints or feature files")
+                       help="repdiag/torchvision/solo-learn/lightly checkpoints, feature files, "
+                            "or run folders")
+        p.add_argument("--checkpoint", choices=("best", "last"),
+                       help="for a run folder: best.pt (lowest validation loss) or last.pt "
+                            "(default: the run's own select)")
         p.add_argument("--data", help="dataset name (default: the one in the checkpoint)")
         p.add_argument("--data-root", help="folder holding the dataset")
         p.add_argument("--limit", type=int, help="cap each split at this many images")
@@ -69,7 +74,8 @@ def _sources(args) -> list[FeatureSource]:
         raise UserError(f"--limit must be positive, got {args.limit}")
     kw = dict(device=args.device, normalize=args.normalize, cache=not args.no_cache,
               data_root=args.data_root, limit=args.limit)
-    return [FeatureSource(p, data=args.data, **kw) for p in args.inputs]
+    paths = [run_checkpoint(p, args.checkpoint) if is_run_folder(p) else p for p in args.inputs]
+    return [FeatureSource(p, data=args.data, **kw) for p in paths]
 
 
 def _labels(sources: list[FeatureSource]) -> list[str]:
@@ -120,7 +126,11 @@ def protocol_header(report: dict) -> list[str]:
                 f"{p['lr']:g}, batch {p['batch_size']}, {p['epochs']} epochs, best validation loss")
     else:
         what = str(preset)
-    return [f"probe: linear, preset {preset}: {what}"]
+    lines = [f"probe: linear, preset {preset}: {what}"]
+    if p.get("standardize") and "h_n" in report["accuracy"]:
+        lines.append("  (per-coordinate standardisation makes the probes on h and h_n different "
+                     "problems, so h_n can beat h; --preset g compares them as paper G does)")
+    return lines
 
 
 def undefined_notes(labels: list[str], reports: list[dict]) -> list[str]:

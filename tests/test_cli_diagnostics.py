@@ -171,7 +171,25 @@ def test_probe_tables_name_the_protocol_that_ran(tmp_path, capsys):
     assert "not published by G" in out[1]
     assert main(["probe", f, "--probe", "linear"]) == 0
     assert "preset fast" in capsys.readouterr().out.splitlines()[0]
+    assert main(["nullspace", f, "--probe", "linear"]) == 0
+    out = capsys.readouterr().out
+    assert "h_n can beat h" in out and "training objective / gradient norm at the end: h " in out
     assert main(["probe", f, "--probe", "linear", "--preset", "g"]) == 0
     assert "preset g: paper G: nn.Linear, Adam lr 0.001" in capsys.readouterr().out
     js = run_json(capsys, "probe", f)
     assert "not published by G" in js["protocol"]["source"]
+
+
+def test_a_run_folder_stands_for_its_selected_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = load_config("fmnist-tiny", ["data=synthetic", "data_limit=64", "width=0.125",
+                                      "batch_size=32", "epochs=2", "knn_every=0",
+                                      "head.kind=linear", "head.out_dim=8", "select=best"])
+    Trainer(cfg, out, quiet=True).run()
+    folder = run_json(capsys, "rank", str(out))
+    assert folder == run_json(capsys, "rank", str(out / "best.pt"))  # the run's own choice
+    assert run_json(capsys, "rank", str(out), "--checkpoint", "last") == \
+        run_json(capsys, "rank", str(out / "last.pt"))
+    (out / "best.pt").unlink()
+    assert main(["rank", str(out)]) == 2
+    assert "no best.pt" in capsys.readouterr().err

@@ -105,7 +105,9 @@ class AugmentSettings:
     normalize: bool = False
     # per-channel Z-score with statistics of the training split only (paper S's statistic:
     # mean over images of per-image channel means / stds); overrides ``normalize``. S
-    # normalised each split with its own statistics, a leak we do not copy.
+    # normalised each split with its own statistics, a leak we do not copy. Applied after
+    # augmentation (S says before): colour jitter and grayscale work on [0, 1] images and
+    # clamp to that range; crop, resize and flip commute with the per-channel affine map.
     zscore: bool = False
 
 

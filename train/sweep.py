@@ -53,6 +53,7 @@ import yaml
 
 from repdiag.checkpoint import atomic_write_text
 from repdiag.errors import UserError
+from repdiag.runs import run_checkpoint
 from train.config import TrainConfig, load_config
 
 GRID_KEYS = ("base", "set", "grid", "seeds", "probes", "checkpoint")
@@ -161,31 +162,19 @@ def read_grid(path: str | os.PathLike) -> Grid:
                 checkpoint=checkpoint)
 
 
-def chosen_checkpoint(run_dir: Path, select: str) -> Path:
-    """The checkpoint that stands for a finished run: ``best.pt`` (lowest validation
-    contrastive loss, paper S) or ``last.pt`` (paper G)."""
-    if select == "best":
-        best = run_dir / "best.pt"
-        if not best.exists():
-            raise UserError(f"{run_dir}: select=best but the run has no best.pt (it logged no "
-                            "validation loss); use checkpoint: last")
-        return best
-    return run_dir / "last.pt"
-
-
 def probe_accuracies(run_dir: Path, probes: list[str], select: str = "last") -> dict:
     """Test accuracies of h and z for each probe of a finished run, cached in probes.json.
 
     Columns are named ``{probe}_{preset}_{h|z}`` (e.g. ``knn_g_h``); the probe's
     training set is the run's train split, nothing is selected on test. The
-    probed checkpoint is :func:`chosen_checkpoint` (``select``: best or last).
+    probed checkpoint is ``best.pt`` or ``last.pt`` (``select``, see :mod:`repdiag.runs`).
     """
     if not probes:
         return {}
     from repdiag.diagnose import probe_report
     from repdiag.features import FeatureSource
 
-    ckpt = chosen_checkpoint(run_dir, select)
+    ckpt = run_checkpoint(run_dir, select)
     cache_file = run_dir / "probes.json"
     cached = json.loads(cache_file.read_text()) if cache_file.exists() else {}
     stamp = [ckpt.name, ckpt.stat().st_mtime]
