@@ -89,7 +89,10 @@ def main(argv=None) -> int:
     (out / "probe_nesting.md").write_text(markdown(table))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
-    meta = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+    if subprocess.run(["git", "status", "--porcelain", "--", "repdiag", "analyses"],
+                      capture_output=True, text=True).stdout.strip():
+        commit += "+uncommitted changes"
+    meta = {"command": " ".join(["python analyses/probe_nesting.py", *(argv or sys.argv[1:])]),
             "checkpoint": str(args.checkpoint), "head_shape": list(tr.weight.shape),
             "head_rank": svd.rank, "n_train": len(tr), "n_test": len(te), "git": commit,
             "machine": f"{platform.machine()} {platform.processor()} ({torch.get_num_threads()} threads)",
