@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from pathlib import Path
 import torch
 
 from repdiag.errors import UserError
+from repdiag.importers import import_foreign
+from repdiag.inert_pickle import has_inert, load_inert, plain
 from repdiag.models import BackboneSpec, Head, HeadSpec, build_backbone, build_head
 
 FORMAT = "repdiag-checkpoint"
@@ -75,7 +78,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def safe_torch_load(path: str | os.PathLike, what: str = "file") -> object:
-    """``torch.load(weights_only=True)`` on CPU with every failure as a one-line UserError."""
+    """``torch.load(weights_only=True)`` on CPU with every failure as a one-line UserError.
+
+    A Lightning checkpoint (solo-learn's, say) whose pickle names classes that
+    ``weights_only`` refuses (an OmegaConf config in ``hyper_parameters``) is
+    read with :func:`repdiag.inert_pickle.load_inert` instead: those classes
+    become inert placeholders, never run, and only ``state_dict`` (tensors),
+    plain ``hyper_parameters``, ``epoch`` and ``global_step`` are kept.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such {what}")
@@ -88,28 +98,50 @@ def safe_torch_load(path: str | os.PathLike, what: str = "file") -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = _first_line(e)
-        if "Unsupported global" in str(e) or "GLOBAL" in str(e) or "not an allowed global" in str(e):
-            raise UserError(
-                f"{path}: refused, the file holds pickled objects that could run code "
-                f"(only tensors and plain types are loaded): {_unsupported(e) or first}"
-            ) from None
-        raise UserError(f"{path}: not a readable torch file ({first})") from None
+        name = _refused_global(e)
+        if name is None:
+            raise UserError(f"{path}: not a readable torch file ({_first_line(e)})") from None
+        if magic.startswith(b"PK\x03\x04"):
+            lightning = _lightning_parts(load_inert(path))
+            if lightning is not None:
+                return lightning
+        raise UserError(
+            f"{path}: refused: the file holds a pickled {name} object, and repdiag loads only "
+            "tensors and plain data (and the state_dict of Lightning checkpoints) so that no "
+            "code in a file can run; save the model's state_dict() instead") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
         raise UserError(f"{path}: truncated or not a torch file ({_first_line(e)})") from None
 
 
-def _first_line(e: BaseException, limit: int = 160) -> str:
+def _lightning_parts(raw: object) -> dict | None:
+    """The readable parts of a Lightning checkpoint loaded inertly, or None if it is not one."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("state_dict"), dict):
+        return None
+    state = raw["state_dict"]
+    if has_inert(state) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return None
+    out = {"state_dict": dict(state), "pytorch-lightning_version":
+           plain(raw.get("pytorch-lightning_version"))}
+    for key in ("hyper_parameters", "epoch", "global_step"):
+        if key in raw:
+            out[key] = plain(raw[key])
+    return out
+
+
+def _first_line(e: BaseException) -> str:
     text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:limit]
+    return text.splitlines()[0] if text else type(e).__name__
 
 
-def _unsupported(e: BaseException) -> str:
-    """The 'Unsupported global: GLOBAL x.y' line of a weights_only refusal, if any."""
-    for line in str(e).splitlines():
-        if "Unsupported global" in line or "GLOBAL" in line:
-            return line.strip()[:160]
-    return ""
+def _refused_global(e: BaseException) -> str | None:
+    """The dotted name of the class or function a weights_only load refused, if that was why."""
+    text = str(e)
+    m = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"unsupported global:? ([\w.]+)", text, re.I)
+    if m:
+        return m.group(1)
+    if "weights_only" in text or "allowlisted" in text or "add_safe_globals" in text:
+        return "Python"
+    return None
 
 
 @dataclass
@@ -130,6 +162,7 @@ class Checkpoint:
     metrics: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
     source: str = FORMAT
+    key_map: tuple = ()  # foreign files: the --map PREFIX=ROLE rules they were read with
 
     def build_backbone(self) -> torch.nn.Module:
         """The backbone with its trained weights, in eval mode, on CPU."""
@@ -217,17 +250,17 @@ def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
     atomic_torch_save(ckpt, path)
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, key_map: tuple = ()) -> Checkpoint:
     """Load a repdiag checkpoint (or a supported foreign one) as a :class:`Checkpoint`.
 
     Only tensors and plain types are unpickled. A missing, truncated or foreign
     file raises :class:`UserError` naming the file and the problem.
     """
     raw = safe_torch_load(path, "checkpoint")
-    return checkpoint_from_dict(raw, str(path))
+    return checkpoint_from_dict(raw, str(path), key_map)
 
 
-def checkpoint_from_dict(raw: object, path: str) -> Checkpoint:
+def checkpoint_from_dict(raw: object, path: str, key_map: tuple = ()) -> Checkpoint:
     """Interpret a loaded object as a checkpoint; foreign layouts go to the importers."""
     if isinstance(raw, dict) and str(raw.get("format", "")).startswith("repdiag-checkpoint"):
         try:
@@ -249,6 +282,5 @@ def checkpoint_from_dict(raw: object, path: str) -> Checkpoint:
             )
         except (KeyError, TypeError) as e:
             raise UserError(f"{path}: damaged repdiag checkpoint (missing or bad {e})") from None
-    from repdiag.importers import import_foreign  # foreign layouts: torchvision, solo-learn, ...
-
-    return import_foreign(raw, path)
+    # foreign layouts: torchvision/timm, solo-learn/Lightning, lightly, --map rules
+    return Checkpoint(path=path, key_map=tuple(key_map), **import_foreign(raw, path, key_map))

@@ -17,6 +17,7 @@ import pandas as pd
 from repdiag import diagnose
 from repdiag.errors import UserError
 from repdiag.features import FeatureSource
+from repdiag.importers import parse_key_map
 from repdiag.runs import is_run_folder, run_checkpoint
 
 
@@ -35,6 +36,10 @@ def add_diagnostic_parsers(sub) -> None:
         p.add_argument("inputs", nargs="+", metavar="CKPT_OR_FEATURES",
                        help="repdiag/torchvision/solo-learn/lightly checkpoints, feature files, "
                             "or run folders")
+        p.add_argument("--map", dest="key_map", action="append", default=[],
+                       metavar="PREFIX=ROLE",
+                       help="read a foreign checkpoint's keys under PREFIX as the backbone, the "
+                            "head or ignore them (e.g. --map encoder.=backbone --map proj.=head)")
         p.add_argument("--checkpoint", choices=("best", "last"),
                        help="for a run folder: best.pt (lowest validation loss) or last.pt "
                             "(default: the run's own select)")
@@ -55,7 +60,8 @@ def add_diagnostic_parsers(sub) -> None:
                                             "linear fast|g|s")
             p.add_argument("--seed", type=int, default=0)
         if name in ("probe", "tsne"):
-            p.add_argument("--on", default="h,z", help="comma list of h, h_r, h_n, z")
+            p.add_argument("--on", help="comma list of h, h_r, h_n, z (default h,z; h alone "
+                                        "for features without a head output)")
         if name == "spectrum":
             p.add_argument("--l2", action="store_true",
                            help="L2-normalise rows first (DirectCLR's collapse plot)")
@@ -74,8 +80,9 @@ def _sources(args) -> list[FeatureSource]:
         raise UserError(f"--limit must be positive, got {args.limit}")
     kw = dict(device=args.device, normalize=args.normalize, cache=not args.no_cache,
               data_root=args.data_root, limit=args.limit)
+    key_map = parse_key_map(args.key_map)
     paths = [run_checkpoint(p, args.checkpoint) if is_run_folder(p) else p for p in args.inputs]
-    return [FeatureSource(p, data=args.data, **kw) for p in paths]
+    return [FeatureSource(p, data=args.data, key_map=key_map, **kw) for p in paths]
 
 
 def _labels(sources: list[FeatureSource]) -> list[str]:
@@ -258,7 +265,7 @@ def run_tsne(args: argparse.Namespace) -> int:
     from repdiag.diagnostics import tsne
     from repdiag.plots import save_figure, tsne_figure
 
-    names = diagnose._parse_on(args.on, ("h", "z"))
+    names = diagnose._parse_on(args.on, ("h", "z")) if args.on else None
     if args.max_points < 10:
         raise UserError(f"--max-points must be at least 10, got {args.max_points}")
     out = _out_dir(args) or Path(".")
@@ -270,7 +277,7 @@ def run_tsne(args: argparse.Namespace) -> int:
         gen = torch.Generator().manual_seed(0)
         idx = torch.randperm(len(fs), generator=gen)[: args.max_points]
         rep = {}
-        for feat in names:
+        for feat in names or (("h", "z") if fs.z is not None else ("h",)):
             x = fs.h if feat == "h" else fs.z
             if x is None:
                 raise UserError(f"{lab}: no z (head output) in these features; use --on h")

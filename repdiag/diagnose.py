@@ -75,17 +75,21 @@ def _parse_on(on: str | tuple[str, ...], allowed: tuple[str, ...]) -> tuple[str,
     return names
 
 
-def probe_report(src: FeatureSource, probe: str = "knn", on: str | tuple[str, ...] = ("h", "z"),
-                 *, preset: str | None = None, seed: int = 0) -> dict:
+def probe_report(src: FeatureSource, probe: str = "knn",
+                 on: str | tuple[str, ...] | None = None, *, preset: str | None = None,
+                 seed: int = 0) -> dict:
     """Probe accuracies on the test part for each of h, h_r, h_n, z (paper G Fig. 3-4).
 
+    ``on`` None probes h and z (h alone for features without a head output).
     kNN: k=200, cosine, weighted vote exp(sim/T), T=0.5 (preset "g"); linear:
     preset "fast" unless another is named. The train part is the probe's
     training set; nothing is selected on test.
     """
     _check_probe(probe)
-    names = _parse_on(on, FEATURE_NAMES)
     train, test = src.get("train"), src.get("test")
+    if on is None:  # h and z, or h alone when there is no head output
+        on = ("h", "z") if train.z is not None and test.z is not None else ("h",)
+    names = _parse_on(on, FEATURE_NAMES)
     results = {}
     need_split = [n for n in names if n in ("h_r", "h_n")]
     svd = None

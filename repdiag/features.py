@@ -29,7 +29,7 @@ from repdiag.augment import eval_transform
 from repdiag.checkpoint import Checkpoint, atomic_torch_save, load_checkpoint, safe_torch_load
 from repdiag.errors import UserError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: no z for checkpoints without a head
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -142,7 +142,7 @@ def extract(checkpoint: str | os.PathLike | Checkpoint, data: str | None = None,
     key = None
     if cache and os.path.isfile(ck.path):
         parts = [CACHE_VERSION, _file_digest(ck.path), name, data_root, split,
-                 sorted(_dataset_kwargs(ck, name).items()), limit, mean, std]
+                 sorted(_dataset_kwargs(ck, name).items()), limit, mean, std, ck.key_map]
         key = hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
         hit = cache_dir() / f"{key}.pt"
         if hit.exists():
@@ -166,7 +166,8 @@ def extract(checkpoint: str | os.PathLike | Checkpoint, data: str | None = None,
         hs.append(h.float().cpu())
         zs.append(head(h).float().cpu())
     weight, bias = head.linear_map()
-    fs = FeatureSet(h=torch.cat(hs), z=torch.cat(zs), y=part.labels.clone(),
+    no_head = ck.head_spec.kind == "none"  # z would be a copy of h: absent, not duplicated
+    fs = FeatureSet(h=torch.cat(hs), z=None if no_head else torch.cat(zs), y=part.labels.clone(),
                     weight=weight.float().cpu(), bias=None if bias is None else bias.float().cpu(),
                     split=split, meta={"checkpoint": str(ck.path), "data": name})
     if key is not None:
@@ -270,7 +271,8 @@ class FeatureSource:
     extracted on first use (and cached on disk by :func:`extract`).
     """
 
-    def __init__(self, path: str | os.PathLike, data: str | None = None, **extract_kw):
+    def __init__(self, path: str | os.PathLike, data: str | None = None, *, key_map=(),
+                 **extract_kw):
         self.path = str(path)
         self.name = Path(path).name
         raw = safe_torch_load(path, "checkpoint or feature file")
@@ -282,7 +284,7 @@ class FeatureSource:
         else:
             from repdiag.checkpoint import checkpoint_from_dict
 
-            self.checkpoint = checkpoint_from_dict(raw, self.path)
+            self.checkpoint = checkpoint_from_dict(raw, self.path, tuple(key_map))
         self.data = data
         self.extract_kw = extract_kw
         self._dataset = None

@@ -2,85 +2,151 @@
 
 Each maps a foreign layout onto the same :class:`repdiag.checkpoint.Checkpoint`:
 
-- a plain torchvision ResNet state dict (``conv1.weight``, ``layer1.0...``,
-  optionally ``fc.*``, which is the classifier and is dropped), or a dict
-  ``{"backbone": state_dict, "head": state_dict}``;
-- solo-learn checkpoints: ``{"state_dict": {"backbone.*", "projector.*", ...}}``;
-- lightly-style state dicts: ``backbone.*`` holding either torchvision names or
-  the indices of ``nn.Sequential(*list(resnet.children())[:-1])`` (0 = conv1,
-  1 = bn1, 4-7 = layer1-4), and ``projection_head.layers.*``.
+- plain torchvision (or timm, which uses the same names) ResNet state dicts
+  (``conv1.weight``, ``layer1.0...``; ``fc.*`` is the classifier and is
+  dropped), or ``{"backbone": state_dict, "head": state_dict}``;
+- ``{"state_dict": ...}`` wrappers, with a DDP ``module.`` prefix or not;
+- Lightning checkpoints, solo-learn's among them (``backbone.*`` or, in older
+  versions, ``encoder.*``, and ``projector.*``), read without unpickling their
+  OmegaConf hyper-parameters (:mod:`repdiag.inert_pickle`), which are kept as
+  plain data in ``config["hyper_parameters"]``;
+- lightly models: ``backbone.*`` holding torchvision names or the indices of
+  ``nn.Sequential(*list(resnet.children())[:-1])`` (0 = conv1, 1 = bn1, 4-7 =
+  layer1-4), and ``projection_head.layers.*`` for every projection head in
+  ``lightly.models.modules`` (SimCLR, SimSiam, BYOL, MoCo, Barlow Twins, VICReg);
+- anything else through ``key_map`` (the CLI's ``--map PREFIX=ROLE``), which
+  assigns the keys under a prefix to the backbone or the head, or ignores them.
 
-The architecture (depth, width, stem) is inferred from the tensor shapes.
-Loading is strict: after mapping, missing or unexpected keys are reported by
-name (see :func:`repdiag.checkpoint._load_strict`).
+The architecture (depth, width, stem) is inferred from the tensor shapes. A
+projector is rebuilt layer by layer from its ``nn.Sequential`` indices
+(:func:`infer_head`), so its state dict loads unchanged. Loading is strict:
+after mapping, missing or unexpected keys are reported by name.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import torch
 
 from repdiag.errors import UserError
-from repdiag.models import BackboneSpec, HeadSpec
+from repdiag.models import BackboneSpec, HeadSpec, build_head
 
+ROLES = ("backbone", "head", "ignore")
 _SEQUENTIAL_RESNET = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3",
                       "7": "layer4"}
-_AUX_PREFIXES = ("momentum_", "classifier.", "predictor.", "target_", "teacher_", "online_",
-                 "queue", "prototypes")
+#: key prefixes of the backbone and of the projector, in the order they are tried
+BACKBONE_PREFIXES = (("backbone.", "prefixed"), ("encoder.", "solo-learn"))
+HEAD_PREFIXES = (("projector.", "solo-learn"), ("projection_head.layers.", "lightly"),
+                 ("projection_head.", "lightly"), ("head.", "prefixed"))
+#: other parts of SSL models that are not the online backbone/projector: left out
+AUX_PREFIXES = ("momentum_", "classifier.", "predictor.", "prediction_head.", "target_",
+                "teacher_", "online_", "queue", "prototypes", "backbone_momentum.",
+                "projection_head_momentum.", "knn_")
 
 
-def import_foreign(raw: object, path: str):
-    """Turn a non-repdiag torch file into a Checkpoint, or say why it cannot."""
-    from repdiag.checkpoint import Checkpoint
+def parse_key_map(items) -> tuple[tuple[str, str], ...]:
+    """``["encoder.=backbone", "proj.=head"]`` as ((prefix, role), ...), checked."""
+    out = []
+    for item in items or ():
+        prefix, sep, role = str(item).partition("=")
+        if not sep or not prefix or role not in ROLES:
+            raise UserError(f"--map expects PREFIX=ROLE with ROLE one of {', '.join(ROLES)} "
+                            f"(e.g. --map encoder.=backbone), got '{item}'")
+        out.append((prefix, role))
+    return tuple(out)
 
+
+def import_foreign(raw: object, path: str, key_map: tuple[tuple[str, str], ...] = ()) -> dict:
+    """The fields of a :class:`repdiag.checkpoint.Checkpoint` for a non-repdiag torch file
+    (``config``, ``backbone_spec``, ``head_spec``, ``backbone_state``, ``head_state``,
+    ``source``), or a UserError saying why it cannot be read."""
     if not isinstance(raw, dict) or not raw:
         raise UserError(f"{path}: not a repdiag checkpoint nor a state dict "
                         f"(found {type(raw).__name__})")
+    config: dict = {}
     source = "torchvision"
-    state = raw
-    head_state: dict = {}
-    if "state_dict" in raw and isinstance(raw["state_dict"], dict):
-        source = "solo-learn"
+    state, head_state = raw, {}
+    if isinstance(raw.get("state_dict"), dict):
+        source = "lightning" if "pytorch-lightning_version" in raw or "hyper_parameters" in raw \
+            else "state_dict"
         state = raw["state_dict"]
-    if "backbone" in state and isinstance(state["backbone"], dict):
+        if isinstance(raw.get("hyper_parameters"), dict):
+            config["hyper_parameters"] = raw["hyper_parameters"]
+    if isinstance(state.get("backbone"), dict):
         head_state = dict(state.get("head") or {})
         state = state["backbone"]
-    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
         raise UserError(f"{path}: not a repdiag checkpoint, and not a state dict of tensors "
-                        f"(keys: {', '.join(list(map(str, raw))[:5])})")
-    backbone, head_found, src = _split_prefixed(state)
-    if src:
-        source = src
-    head_state = head_state or head_found
-    backbone = {k: v for k, v in backbone.items() if not k.startswith("fc.")}
-    backbone = {_sequential_to_named(k): v for k, v in backbone.items()}
+                        f"('{bad[0]}' holds a {type(state[bad[0]]).__name__}; keys: "
+                        f"{', '.join(list(map(str, raw))[:5])})")
+    state = _strip_ddp(state)
+    backbone, found_head, layout = _assign_roles(state, path, key_map)
+    source = layout or source
+    head_state = head_state or found_head
+    backbone = {_sequential_to_named(k): v for k, v in backbone.items() if not k.startswith("fc.")}
     if "conv1.weight" not in backbone:
-        raise UserError(f"{path}: not a repdiag checkpoint, and no ResNet backbone found "
-                        f"(no conv1.weight among {len(backbone)} keys)")
+        raise UserError(f"{path}: no ResNet backbone found (no conv1.weight); key prefixes in "
+                        f"the file: {_prefix_summary(state)}. Name the parts with --map, "
+                        "e.g. --map encoder.=backbone --map proj.=head")
     spec = infer_backbone_spec(backbone, path)
     head_spec, head_state = infer_head(head_state, _feature_dim(backbone, spec), path)
-    return Checkpoint(path=path, config={}, backbone_spec=spec, head_spec=head_spec,
-                      backbone_state=backbone, head_state=head_state, source=source)
+    return {"config": config, "backbone_spec": spec, "head_spec": head_spec,
+            "backbone_state": backbone, "head_state": head_state, "source": source}
 
 
-def _split_prefixed(state: dict) -> tuple[dict, dict, str | None]:
-    """Separate backbone and head keys of solo-learn/lightly layouts."""
-    keys = list(state)
-    if any(k.startswith("backbone.") for k in keys):
-        backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-        head = {}
-        source = "prefixed"
-        for prefix, src in (("projector.", "solo-learn"), ("projection_head.layers.", "lightly"),
-                            ("projection_head.", "lightly")):
-            found = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            if found:
-                head, source = found, src
+def _strip_ddp(state: dict) -> dict:
+    """Remove DistributedDataParallel's ``module.`` prefix (on every key) if present."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _prefix_summary(state: dict, n: int = 6) -> str:
+    counts = Counter(k.split(".")[0] + "." for k in state)
+    shown = [f"{p} ({c} keys)" for p, c in counts.most_common(n)]
+    return ", ".join(shown) + (f", ... ({len(counts)} prefixes)" if len(counts) > n else "")
+
+
+def _take(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _assign_roles(state: dict, path: str, key_map) -> tuple[dict, dict, str | None]:
+    """Split a flat state dict into backbone and head parts (and the layout's name)."""
+    if key_map:
+        parts: dict[str, dict] = {"backbone": {}, "head": {}, "ignore": {}}
+        claimed = set()
+        for prefix, role in key_map:
+            for k, v in state.items():
+                if k.startswith(prefix) and k not in claimed:
+                    parts[role][k[len(prefix):]] = v
+                    claimed.add(k)
+        rest = [k for k in state if k not in claimed and not k.startswith(AUX_PREFIXES)]
+        if rest:
+            raise UserError(f"{path}: --map leaves keys unassigned, e.g. {', '.join(rest[:3])} "
+                            f"({len(rest)} in all); key prefixes in the file: "
+                            f"{_prefix_summary(state)}; add --map PREFIX=ignore for parts to skip")
+        return parts["backbone"], parts["head"], "mapped"
+    for prefix, layout in BACKBONE_PREFIXES:
+        backbone = _take(state, prefix)
+        if not backbone:
+            continue
+        head, source = {}, layout
+        for head_prefix, head_layout in HEAD_PREFIXES:
+            head = _take(state, head_prefix)
+            if head:
+                source = head_layout if layout == "prefixed" else layout
                 break
-        known = ("backbone.", "projector.", "projection_head.") + _AUX_PREFIXES
-        other = [k for k in keys if not k.startswith(known)]
+        known = tuple(p for p, _ in BACKBONE_PREFIXES + HEAD_PREFIXES) + AUX_PREFIXES
+        other = [k for k in state if not k.startswith(known)]
         if other:
-            raise UserError(f"unexpected keys outside backbone/projector: {', '.join(other[:4])}")
+            raise UserError(f"{path}: keys outside the backbone and projector, e.g. "
+                            f"{', '.join(other[:3])} ({len(other)} in all); key prefixes in the "
+                            f"file: {_prefix_summary(state)}; assign them with --map PREFIX=ROLE "
+                            "(backbone, head or ignore)")
         return backbone, head, source
     return state, {}, None
 
@@ -115,27 +181,75 @@ def _feature_dim(state: dict, spec: BackboneSpec) -> int:
     return int(state[sorted(last)[-1]].shape[0]) if last else int(round(512 * spec.width))
 
 
+def sequential_layers(head_state: dict, path: str) -> list[dict]:
+    """The layer list of an ``nn.Sequential`` projector from its state dict.
+
+    Indices with a 2-D ``weight`` are Linear layers, indices with
+    ``running_mean`` BatchNorm1d (affine if they have a ``weight``); indices
+    without parameters between them are activations, which a state dict does
+    not record: ReLU, every library's default, is assumed.
+    """
+    by_index: dict[int, dict] = {}
+    for key, value in head_state.items():
+        first, _, rest = key.partition(".")
+        if not first.isdigit() or not rest:
+            raise UserError(f"{path}: the projector's keys are not an nn.Sequential's "
+                            f"(e.g. '{key}'); name its parts with --map PREFIX=head")
+        by_index.setdefault(int(first), {})[rest] = value
+    layers = []
+    for i in range(max(by_index) + 1):
+        params = by_index.get(i)
+        if params is None:
+            layers.append({"type": "relu"})
+        elif "running_mean" in params:
+            layers.append({"type": "bn", "dim": int(params["running_mean"].shape[0]),
+                           "affine": "weight" in params})
+        elif "weight" in params and params["weight"].ndim == 2:
+            w = params["weight"]
+            layers.append({"type": "linear", "in": int(w.shape[1]), "out": int(w.shape[0]),
+                           "bias": "bias" in params})
+        else:
+            raise UserError(f"{path}: projector layer {i} ({', '.join(sorted(params))}) is "
+                            "neither Linear nor BatchNorm1d; only those (and activations) "
+                            "are supported")
+    return layers
+
+
 def infer_head(head_state: dict, in_dim: int, path: str) -> tuple[HeadSpec, dict]:
-    """A HeadSpec for a projector given as an nn.Sequential state dict (or none)."""
+    """A HeadSpec for a projector given as an ``nn.Sequential`` state dict (or none).
+
+    A single Linear layer is a ``linear`` head; a repdiag-shaped MLP
+    (Linear-[BN]-act-...-Linear, the same bias and BN on every layer) an
+    ``mlp`` head; anything else (lightly's heads with a final BatchNorm,
+    SimSiam's affine-free one, ...) a ``sequential`` head with the file's own
+    layer list, so that z is exactly what the library computes.
+    """
     if not head_state:
         return HeadSpec(kind="none", in_dim=in_dim), {}
-    head_state = {k[len("net."):] if k.startswith("net.") else k: v for k, v in head_state.items()}
-    linear_idx = sorted({int(k.split(".")[0]) for k, v in head_state.items()
-                         if k.endswith(".weight") and v.ndim == 2})
-    if not linear_idx:
-        raise UserError(f"{path}: head state has no linear layer")
-    first = head_state[f"{linear_idx[0]}.weight"]
-    if first.shape[1] != in_dim:
-        raise UserError(f"{path}: head input size {first.shape[1]} does not match the "
-                        f"backbone's feature size {in_dim}")
-    bias = f"{linear_idx[0]}.bias" in head_state
-    if len(linear_idx) == 1:
-        spec = HeadSpec(kind="linear", in_dim=in_dim, out_dim=int(first.shape[0]), bias=bias)
+    for wrapper in ("net.", "layers."):
+        if all(k.startswith(wrapper) for k in head_state):
+            head_state = {k[len(wrapper):]: v for k, v in head_state.items()}
+    layers = sequential_layers(head_state, path)
+    linears = [layer for layer in layers if layer["type"] == "linear"]
+    if linears[0]["in"] != in_dim:
+        raise UserError(f"{path}: the projector takes {linears[0]['in']} features but the "
+                        f"backbone gives {in_dim}")
+    candidates = []
+    if len(layers) == 1:
+        candidates.append(HeadSpec(kind="linear", in_dim=in_dim, out_dim=linears[0]["out"],
+                                   bias=linears[0]["bias"]))
     else:
-        bn = f"{linear_idx[0] + 1}.running_mean" in head_state
-        last = head_state[f"{linear_idx[-1]}.weight"]
-        spec = HeadSpec(kind="mlp", in_dim=in_dim, hidden_dim=int(first.shape[0]),
-                        out_dim=int(last.shape[0]), bias=bias, batchnorm=bn,
-                        num_layers=len(linear_idx))
-        # the activation is not stored in a state dict; ReLU is every library's default
-    return spec, {f"net.{k}": v for k, v in head_state.items()}
+        candidates.append(HeadSpec(kind="mlp", in_dim=in_dim, hidden_dim=linears[0]["out"],
+                                   out_dim=linears[-1]["out"], bias=linears[0]["bias"],
+                                   batchnorm=any(layer["type"] == "bn" for layer in layers),
+                                   num_layers=len(linears)))
+    state = {f"net.{k}": v for k, v in head_state.items()}
+    for spec in candidates:  # the simple kind if it rebuilds exactly this state dict
+        try:
+            own = build_head(spec).state_dict()
+        except UserError:
+            continue
+        if own.keys() == state.keys() and all(own[k].shape == state[k].shape for k in own):
+            return spec, state
+    return HeadSpec(kind="sequential", in_dim=in_dim, out_dim=linears[-1]["out"],
+                    layers=layers), state

@@ -31,7 +31,9 @@ BACKBONES = {
     "resnet34": (tv_resnet.BasicBlock, (3, 4, 6, 3)),
     "resnet50": (tv_resnet.Bottleneck, (3, 4, 6, 3)),
 }
-HEAD_KINDS = ("none", "linear", "mlp", "directclr", "ae")
+HEAD_KINDS = ("none", "linear", "mlp", "directclr", "ae", "sequential")
+#: layer types of a ``sequential`` head (foreign projectors, layer by layer)
+SEQUENTIAL_LAYERS = ("linear", "bn", *("relu", "silu", "sigmoid", "tanh"))
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 
 
@@ -115,6 +117,11 @@ class HeadSpec:
     last_bn: bool = False
     d0: int = 360
     init: str = "default"
+    # kind "sequential": the projector of another library layer by layer, index for index
+    # (so its state dict loads unchanged): {"type": "linear", "in": int, "out": int,
+    # "bias": bool}, {"type": "bn", "dim": int, "affine": bool} or {"type": "relu"} (or
+    # silu / sigmoid / tanh).
+    layers: list | None = None
 
     def validate(self) -> None:
         if self.kind not in HEAD_KINDS:
@@ -134,9 +141,13 @@ class HeadSpec:
                 raise UserError(f"head.{name} must be positive, got {getattr(self, name)}")
         if self.init not in ("default", "glorot"):
             raise UserError(f"unknown head init '{self.init}'; known: default, glorot")
+        if self.kind == "sequential":
+            _validate_layers(self.layers, self.in_dim)
 
     @property
     def output_dim(self) -> int:
+        if self.kind == "sequential":
+            return _sequential_dims(self.layers)[-1]
         return {"none": self.in_dim, "directclr": self.d0}.get(self.kind, self.out_dim)
 
     def to_dict(self) -> dict:
@@ -149,6 +160,39 @@ class HeadSpec:
         if unknown:
             raise UserError(f"unknown head fields: {', '.join(sorted(unknown))}")
         return cls(**d)
+
+
+def _sequential_dims(layers: list) -> list[int]:
+    """The feature size after each layer of a sequential head's layer list."""
+    dims, d = [], None
+    for layer in layers:
+        if layer["type"] == "linear":
+            d = layer["out"]
+        elif layer["type"] == "bn":
+            d = layer["dim"]
+        dims.append(d)
+    return dims
+
+
+def _validate_layers(layers, in_dim: int) -> None:
+    if not layers or not isinstance(layers, list):
+        raise UserError("a sequential head needs a non-empty layer list")
+    d = in_dim
+    for i, layer in enumerate(layers):
+        t = layer.get("type") if isinstance(layer, dict) else None
+        if t not in SEQUENTIAL_LAYERS:
+            raise UserError(f"sequential head layer {i}: unknown type {t!r}; known: "
+                            f"{', '.join(SEQUENTIAL_LAYERS)}")
+        if t == "linear":
+            if layer["in"] != d:
+                raise UserError(f"sequential head layer {i}: Linear takes {layer['in']} features "
+                                f"but gets {d}")
+            d = layer["out"]
+        elif t == "bn" and layer["dim"] != d:
+            raise UserError(f"sequential head layer {i}: BatchNorm of {layer['dim']} features "
+                            f"gets {d}")
+    if not any(layer["type"] == "linear" for layer in layers):
+        raise UserError("a sequential head needs at least one Linear layer")
 
 
 class DirectCLR(nn.Module):
@@ -185,6 +229,8 @@ class Head(nn.Module):
             return DirectCLR(spec.d0)
         if spec.kind == "linear":
             return nn.Sequential(nn.Linear(spec.in_dim, spec.out_dim, bias=spec.bias))
+        if spec.kind == "sequential":
+            return nn.Sequential(*(_layer(layer) for layer in spec.layers))
         use_bn = spec.batchnorm and spec.kind == "mlp"
         layers: list[nn.Module] = []
         dims = [spec.in_dim] + [spec.hidden_dim] * (spec.num_layers - 1) + [spec.out_dim]
@@ -225,6 +271,14 @@ class Head(nn.Module):
         if self.spec.kind == "directclr":
             return eye[: self.spec.d0], None
         return eye, None
+
+
+def _layer(layer: dict) -> nn.Module:
+    if layer["type"] == "linear":
+        return nn.Linear(layer["in"], layer["out"], bias=layer["bias"])
+    if layer["type"] == "bn":
+        return nn.BatchNorm1d(layer["dim"], affine=layer["affine"])
+    return ACTIVATIONS[layer["type"]]()
 
 
 def build_head(spec: HeadSpec) -> Head:
