@@ -1,0 +1,251 @@
+"""Checkpoints written by the libraries themselves, read by ``repdiag rank --json``.
+
+Each file is made the way its library's users make it (lightly: a module with
+``backbone`` and ``projection_head`` saved by ``torch.save(model.state_dict())``;
+solo-learn: a Lightning module with ``save_hyperparameters(OmegaConf config)``
+saved by ``lightning.Trainer.save_checkpoint``; torchvision and timm state
+dicts), then read through the CLI; z must equal the library's own head
+applied to h.
+"""
+
+import json
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models import resnet18, resnet50
+
+from repdiag.checkpoint import load_checkpoint
+from repdiag.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+LIMIT = "96"  # synthetic images per split: n > the 64-d features of the narrow backbones
+
+
+def _rank_json(capsys, path, *extra):
+    code = main(["rank", str(path), "--data", "synthetic", "--limit", LIMIT, "--json", *extra])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return json.loads(out.out)
+
+
+def _check_head(path, backbone, head, key_map=()):
+    """repdiag's z = the library's head applied to repdiag's h (eval mode), to 1e-5."""
+    ck = load_checkpoint(path, key_map)
+    x = torch.rand(6, 3, 32, 32)
+    with torch.no_grad():
+        h = ck.build_backbone()(x)
+        torch.testing.assert_close(h, backbone.eval()(x).flatten(1), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ck.build_head()(h), head.eval()(h), atol=1e-5, rtol=1e-5)
+    return ck
+
+
+def _narrow_resnet18():
+    """torchvision's ResNet-18 at width 1/8 (64-d features), as a small stand-in."""
+    from repdiag.models import BackboneSpec, build_backbone
+
+    return build_backbone(BackboneSpec("resnet18", 0.125, True))
+
+
+# ------------------------------------------------------------------------- torchvision / timm
+def test_torchvision_resnet50_state_dict(tmp_path, capsys):
+    path = tmp_path / "tv50.pt"
+    torch.save(resnet50().state_dict(), path)
+    r = _rank_json(capsys, path, "--limit", "8")
+    assert r["h"]["dim"] == 2048 and "z" not in r  # no head: z is absent, not a copy of h
+
+
+def test_timm_resnet_state_dict(tmp_path, capsys):
+    import timm
+
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    path = tmp_path / "timm.pt"
+    torch.save(model.state_dict(), path)
+    r = _rank_json(capsys, path)
+    assert r["h"]["dim"] == 512 and "z" not in r
+    ck = load_checkpoint(path)
+    x = torch.rand(2, 3, 64, 64)
+    model.reset_classifier(0)
+    with torch.no_grad():
+        torch.testing.assert_close(ck.build_backbone()(x), model.eval()(x), atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------- lightly
+LIGHTLY_HEADS = {
+    "SimCLRProjectionHead": dict(input_dim=64, hidden_dim=32, output_dim=16),
+    "SimSiamProjectionHead": dict(input_dim=64, hidden_dim=32, output_dim=16),
+    "BYOLProjectionHead": dict(input_dim=64, hidden_dim=32, output_dim=16),
+    "MoCoProjectionHead": dict(input_dim=64, hidden_dim=32, output_dim=16),
+    "BarlowTwinsProjectionHead": dict(input_dim=64, hidden_dim=32, output_dim=16),
+    "VICRegProjectionHead": dict(input_dim=64, hidden_dim=32, output_dim=16),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LIGHTLY_HEADS))
+def test_lightly_model_with_every_projection_head(tmp_path, capsys, name):
+    from lightly.models.modules import heads
+
+
+    class Model(nn.Module):  # the pattern of lightly's examples
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Sequential(*list(_narrow_resnet18().children())[:-1])
+            self.projection_head = getattr(heads, name)(**LIGHTLY_HEADS[name])
+
+    torch.manual_seed(0)
+    model = Model()
+    with torch.no_grad():  # non-trivial BatchNorm statistics and affine weights
+        for m in model.projection_head.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                if m.affine:
+                    m.weight.uniform_(0.5, 2)
+                    m.bias.uniform_(-1, 1)
+    path = tmp_path / "lightly.pt"
+    torch.save(model.state_dict(), path)
+    r = _rank_json(capsys, path)
+    assert r["h"]["dim"] == 64 and r["z"]["dim"] == 16
+    ck = _check_head(path, model.backbone, model.projection_head)
+    assert ck.source == "lightly"
+
+
+def test_lightly_default_simclr_head_on_resnet18(tmp_path, capsys):
+    """The exact case that failed: resnet18 children()[:-1] + SimCLRProjectionHead(512, 512, 128),
+    whose last layer is a BatchNorm1d with affine weights."""
+    from lightly.models.modules import heads
+
+
+    class SimCLR(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Sequential(*list(resnet18().children())[:-1])
+            self.projection_head = heads.SimCLRProjectionHead(512, 512, 128)
+
+    model = SimCLR()
+    path = tmp_path / "simclr.pt"
+    torch.save(model.state_dict(), path)
+    r = _rank_json(capsys, path)
+    assert r["h"]["dim"] == 512 and r["z"]["dim"] == 128
+    _check_head(path, model.backbone, model.projection_head)
+
+
+# ------------------------------------------------------------------------- solo-learn / Lightning
+SOLO_PROJECTORS = {  # solo-learn's projector of each method family, at small sizes
+    "simclr": lambda m: nn.Sequential(nn.Linear(m, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                                      nn.Linear(32, 16)),
+    "mocov2plus": lambda m: nn.Sequential(nn.Linear(m, 32), nn.ReLU(), nn.Linear(32, 16)),
+    "barlow_twins": lambda m: nn.Sequential(nn.Linear(m, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                                            nn.Linear(32, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                                            nn.Linear(32, 16)),
+    "simsiam": lambda m: nn.Sequential(nn.Linear(m, 32, bias=False), nn.BatchNorm1d(32),
+                                       nn.ReLU(), nn.Linear(32, 32, bias=False),
+                                       nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 16),
+                                       nn.BatchNorm1d(16, affine=False)),
+}
+
+
+def _solo_checkpoint(path, method, backbone_attr="backbone"):
+    """A Lightning checkpoint as solo-learn writes it: OmegaConf hyper-parameters included."""
+    import lightning
+    import omegaconf
+
+    cfg = omegaconf.OmegaConf.create({
+        "method": method, "backbone": {"name": "resnet18", "kwargs": {}},
+        "data": {"dataset": "cifar10"},
+        "method_kwargs": {"proj_hidden_dim": 32, "proj_output_dim": 16}})
+
+    class Method(lightning.LightningModule):
+        def __init__(self, cfg):
+            super().__init__()
+            self.save_hyperparameters(cfg)
+            setattr(self, backbone_attr, _narrow_resnet18())
+            self.projector = SOLO_PROJECTORS[method](64)
+            self.classifier = nn.Linear(64, 10)  # solo-learn's online linear probe
+
+        def training_step(self, batch, _):
+            return self.projector(getattr(self, backbone_attr)(batch[0])).square().mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    torch.manual_seed(0)
+    model = Method(cfg)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.rand(8, 3, 32, 32)),
+                                       batch_size=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = lightning.Trainer(max_steps=2, logger=False, enable_checkpointing=False,
+                                    enable_progress_bar=False, enable_model_summary=False,
+                                    accelerator="cpu")
+        trainer.fit(model, data)
+    trainer.save_checkpoint(path)
+    return model
+
+
+@pytest.mark.parametrize("method", sorted(SOLO_PROJECTORS))
+def test_solo_learn_lightning_checkpoint_with_omegaconf(tmp_path, capsys, method):
+    path = tmp_path / "solo.ckpt"
+    model = _solo_checkpoint(path, method)
+    with pytest.raises(Exception, match="(?i)global|weights_only"):  # what torch itself says
+        torch.load(path, weights_only=True)
+    r = _rank_json(capsys, path)
+    assert r["h"]["dim"] == 64 and r["z"]["dim"] == 16
+    ck = _check_head(path, model.backbone, model.projector)
+    hp = ck.config["hyper_parameters"]  # kept as plain data
+    assert hp["method"] == method and hp["method_kwargs"]["proj_output_dim"] == 16
+    assert hp["data"]["dataset"] == "cifar10" and isinstance(hp["backbone"], dict)
+
+
+def test_older_solo_learn_encoder_prefix(tmp_path, capsys):
+    path = tmp_path / "old.ckpt"
+    model = _solo_checkpoint(path, "simclr", backbone_attr="encoder")
+    r = _rank_json(capsys, path)
+    assert r["h"]["dim"] == 64 and r["z"]["dim"] == 16
+    _check_head(path, model.encoder, model.projector)
+
+
+# ------------------------------------------------------------------------- wrappers and --map
+def test_ddp_module_prefix_in_a_state_dict_wrapper(tmp_path, capsys):
+    torch.manual_seed(0)
+    backbone, head = _narrow_resnet18(), nn.Sequential(nn.Linear(64, 16))
+    wrapped = nn.Module()
+    wrapped.backbone, wrapped.projector = backbone, head
+    state = {f"module.{k}": v for k, v in wrapped.state_dict().items()}
+    path = tmp_path / "ddp.pt"
+    torch.save({"state_dict": state, "epoch": 3}, path)
+    r = _rank_json(capsys, path)
+    assert r["z"]["dim"] == 16
+    _check_head(path, backbone, head)
+
+
+def test_map_option_for_any_other_layout(tmp_path, capsys):
+    torch.manual_seed(0)
+    backbone = _narrow_resnet18()
+    head = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    state = {**{f"enc.{k}": v for k, v in backbone.state_dict().items()},
+             **{f"proj.{k}": v for k, v in head.state_dict().items()},
+             "temperature": torch.tensor(0.1)}
+    path = tmp_path / "custom.pt"
+    torch.save(state, path)
+    code = main(["rank", str(path), "--data", "synthetic", "--limit", LIMIT])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "enc. (" in err and "proj. (" in err and "--map" in err  # the prefixes and the way out
+    r = _rank_json(capsys, path, "--map", "enc.=backbone", "--map", "proj.=head",
+                   "--map", "temperature=ignore")
+    assert r["h"]["dim"] == 64 and r["z"]["dim"] == 8
+    _check_head(path, backbone, head, (("enc.", "backbone"), ("proj.", "head"),
+                                       ("temperature", "ignore")))
+    assert main(["rank", str(path), "--map", "enc.=encoder"]) == 2
+    assert "PREFIX=ROLE" in capsys.readouterr().err
+
+
+def test_pickled_whole_module_is_refused_in_one_line(tmp_path, capsys):
+    path = tmp_path / "whole.pt"
+    torch.save(nn.Sequential(nn.Linear(4, 2)), path)
+    assert main(["rank", str(path), "--data", "synthetic"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "refused" in err and "state_dict()" in err
+    assert "add_safe_globals" not in err and "torch.nn.modules.container.Sequential" in err
