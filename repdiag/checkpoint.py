@@ -24,6 +24,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ def _atomic_write(path: str | os.PathLike, write, binary: bool = True) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; files follow the umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -65,6 +67,23 @@ def _atomic_write(path: str | os.PathLike, write, binary: bool = True) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the hidden temp files an interrupted atomic write left in ``folder``
+    (``.NAME.XXXX.tmp``, e.g. after a SIGKILL during a checkpoint write)."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
@@ -96,7 +115,9 @@ def safe_torch_load(path: str | os.PathLike, what: str = "file") -> object:
     if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
         raise UserError(f"{path}: not a torch file (neither a torch.save zip archive nor a pickle)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on a pickle protocol is not the user's
+            warnings.filterwarnings("ignore", message=".*pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         name = _refused_global(e)
         if name is None:

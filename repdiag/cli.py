@@ -7,6 +7,7 @@ line on stderr and exit with code 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 
@@ -17,7 +18,16 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line and exit code 2."""
 
     def error(self, message: str):
+        if _wants_json(sys.argv[1:] if _ARGV is None else _ARGV):
+            print(json.dumps({"error": f"{self.prog}: {message}"}))
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+_ARGV: list[str] | None = None
+
+
+def _wants_json(argv) -> bool:
+    return "--json" in (argv or ())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,13 +60,21 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``repdiag`` console script; returns the exit code."""
+    global _ARGV
     warnings.showwarning = _show_warning
+    _ARGV = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(_ARGV)
+    except SystemExit as e:  # --help, or a usage error already reported in one line
+        return int(e.code or 0)
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"repdiag: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # one line, whatever the message held
+        if getattr(args, "json", False):
+            print(json.dumps({"error": message}))
+        print(f"repdiag: {message}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
         print("repdiag: interrupted", file=sys.stderr)

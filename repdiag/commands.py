@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
+import tempfile
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -75,14 +78,51 @@ def add_diagnostic_parsers(sub) -> None:
         p.set_defaults(func=func)
 
 
+def check_device(name: str) -> None:
+    """Refuse a device this machine does not have, before any work."""
+    import torch
+
+    if name == "cpu":
+        return
+    if not re.fullmatch(r"cuda(:\d+)?", name):
+        raise UserError(f"unknown --device '{name}'; use cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available on this machine; "
+                        "use --device cpu")
+    index = int(name.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                        "device(s)")
+
+
 def _sources(args) -> list[FeatureSource]:
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be positive, got {args.limit}")
+    check_device(args.device)
     kw = dict(device=args.device, normalize=args.normalize, cache=not args.no_cache,
               data_root=args.data_root, limit=args.limit)
     key_map = parse_key_map(args.key_map)
     paths = [run_checkpoint(p, args.checkpoint) if is_run_folder(p) else p for p in args.inputs]
-    return [FeatureSource(p, data=args.data, key_map=key_map, **kw) for p in paths]
+    sources = [FeatureSource(p, data=args.data, key_map=key_map, **kw) for p in paths]
+    files = [s.path for s in sources if s.checkpoint is None]
+    if files and (args.data or args.limit or args.data_root):
+        given = ", ".join(o for o, v in (("--data", args.data), ("--limit", args.limit),
+                                          ("--data-root", args.data_root)) if v)
+        warnings.warn(f"{given} do(es) not apply to feature files ({', '.join(files)}): their "
+                      "features are used as they are", stacklevel=2)
+    return sources
+
+
+def _figure_stems(sources: list[FeatureSource]) -> list[str]:
+    """One file-name stem per input, distinct even when inputs share a file name
+    (run1/last.pt and run2/last.pt give run1_last and run2_last)."""
+    paths = [Path(s.path) for s in sources]
+    stems = [p.stem for p in paths]
+    if len(set(stems)) < len(stems):
+        stems = ["_".join(x for x in (p.parent.name, p.stem) if x) for p in paths]
+    if len(set(stems)) < len(stems):
+        stems = [f"{i + 1}_{stem}" for i, stem in enumerate(stems)]
+    return [re.sub(r"[^A-Za-z0-9._+-]", "_", stem) for stem in stems]
 
 
 def _labels(sources: list[FeatureSource]) -> list[str]:
@@ -155,17 +195,21 @@ def undefined_notes(labels: list[str], reports: list[dict]) -> list[str]:
 
 
 def _out_dir(args) -> Path | None:
+    """``--out`` created and proven writable (before any work starts)."""
     if not args.out:
         return None
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
     except OSError as e:
         raise UserError(f"cannot write to --out {out}: {e.strerror or e}") from None
     return out
 
 
 def run_spectrum(args: argparse.Namespace) -> int:
+    out = _out_dir(args)
     sources = _sources(args)
     labels = _labels(sources)
     reports = [diagnose.spectrum_report(s, args.split, normalize=args.l2) for s in sources]
@@ -178,17 +222,17 @@ def run_spectrum(args: argparse.Namespace) -> int:
                          "largest eigenvalue": f"{eig[0]:.4g}", "smallest": f"{eig[-1]:.3g}",
                          "top-10 share (%)": _fmt_pct(sum(eig[:10]) / total if total else 0.0),
                          "participation ratio": f"{pr:.2f}"})
-    out = _out_dir(args)
     if out is not None:
         from repdiag.plots import save_figure, spectrum_figure
 
-        for lab, rep in zip(labels, reports, strict=True):
-            save_figure(spectrum_figure(rep, title=f"spectrum: {lab}"), out / f"spectrum_{Path(lab).stem}")
+        for lab, stem, rep in zip(labels, _figure_stems(sources), reports, strict=True):
+            save_figure(spectrum_figure(rep, title=f"spectrum: {lab}"), out / f"spectrum_{stem}")
     _emit(args, reports, labels, pd.DataFrame(rows))
     return 0
 
 
 def run_rank(args: argparse.Namespace) -> int:
+    out = _out_dir(args)
     sources = _sources(args)
     labels = _labels(sources)
     reports = [diagnose.rank_report(s, args.split, rtol=args.rtol) for s in sources]
@@ -202,15 +246,20 @@ def run_rank(args: argparse.Namespace) -> int:
                          "cut-off": f"{r['tol']:.3g} ({r['dtype']})",
                          "effective rank (RankMe)": f"{r['effective_rank']:.1f}",
                          "effective rank (centred)": f"{r['effective_rank_centred']:.1f}",
-                         "rank deficit": rep.get("rank_deficit", "-") if feat == "h" else ""})
-    out = _out_dir(args)
+                         "rank deficit": rep.get("rank_deficit", "-") if feat == "h" else "",
+                         "samples": f"{r['n']}" + (" (limits rank)" if r["limited_by_samples"]
+                                                   else "")})
     if out is not None:
         from repdiag.plots import rank_figure, save_figure
 
         data = {lab: {k: rep[k]["rank"] for k in ("h", "z") if k in rep}
                 for lab, rep in zip(labels, reports, strict=True)}
         save_figure(rank_figure(data), out / "rank")
-    _emit(args, reports, labels, pd.DataFrame(rows))
+    limited = sorted({lab for lab, rep in zip(labels, reports, strict=True)
+                      for f in ("h", "z") if rep.get(f, {}).get("limited_by_samples")})
+    notes = [f"{', '.join(limited)}: n is at or below the feature size, so the rank is bounded by "
+             "the sample, not the model; raise --limit (or drop it)"] if limited else []
+    _emit(args, reports, labels, pd.DataFrame(rows), notes=notes)
     return 0
 
 
@@ -225,7 +274,7 @@ def _probe_rows(labels, reports, extra) -> pd.DataFrame:
 
 
 def _probe_figure(args, labels, reports, name) -> None:
-    out = _out_dir(args)
+    out = _out_dir(args) if args.out else None
     if out is not None:
         from repdiag.plots import probe_figure, save_figure
 
@@ -234,6 +283,7 @@ def _probe_figure(args, labels, reports, name) -> None:
 
 
 def run_probe(args: argparse.Namespace) -> int:
+    _out_dir(args)
     sources = _sources(args)
     labels = _labels(sources)
     reports = [diagnose.probe_report(s, args.probe, args.on, preset=args.preset, seed=args.seed)
@@ -246,6 +296,7 @@ def run_probe(args: argparse.Namespace) -> int:
 
 
 def run_nullspace(args: argparse.Namespace) -> int:
+    _out_dir(args)
     sources = _sources(args)
     labels = _labels(sources)
     reports = [diagnose.nullspace_report(s, args.probe, preset=args.preset, seed=args.seed)
@@ -272,7 +323,7 @@ def run_tsne(args: argparse.Namespace) -> int:
     sources = _sources(args)
     labels = _labels(sources)
     reports, rows = [], []
-    for lab, src in zip(labels, sources, strict=True):
+    for lab, fig_stem, src in zip(labels, _figure_stems(sources), sources, strict=True):
         fs = src.get(args.split)
         gen = torch.Generator().manual_seed(0)
         idx = torch.randperm(len(fs), generator=gen)[: args.max_points]
@@ -282,7 +333,7 @@ def run_tsne(args: argparse.Namespace) -> int:
             if x is None:
                 raise UserError(f"{lab}: no z (head output) in these features; use --on h")
             res = tsne(x[idx], fs.y[idx], perplexity=args.perplexity)
-            stem = out / f"tsne_{Path(lab).stem}_{feat}"
+            stem = out / f"tsne_{fig_stem}_{feat}"
             paths = save_figure(tsne_figure(res.embedding, res.labels, title=f"t-SNE of {feat}: {lab}"),
                                 stem)
             rep[feat] = {"n": res.n, "figure": [str(p) for p in paths]}

@@ -59,6 +59,8 @@ def rank_report(src: FeatureSource, split: str = "test", *, rtol: float | None =
 def _rank_dict(x: torch.Tensor, rtol: float | None) -> dict:
     d = rank(x, rtol=rtol).to_dict()
     d.pop("singular_values", None)
+    # with n <= m samples the rank is at most n: a bound set by the sample, not the model
+    d["limited_by_samples"] = bool(x.shape[0] <= x.shape[1])
     return d
 
 

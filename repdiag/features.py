@@ -165,6 +165,11 @@ def extract(checkpoint: str | os.PathLike | Checkpoint, data: str | None = None,
         h = backbone(x)
         hs.append(h.float().cpu())
         zs.append(head(h).float().cpu())
+    for what, parts in (("backbone features h", hs), ("head outputs z", zs)):
+        bad = [i for i, t in enumerate(parts) if not torch.isfinite(t).all()]
+        if bad:
+            raise UserError(f"{ck.path}: the model gives NaN or infinite {what} on {name} "
+                            f"{split} (batch {bad[0]}); its weights hold NaN/inf or overflow")
     weight, bias = head.linear_map()
     no_head = ck.head_spec.kind == "none"  # z would be a copy of h: absent, not duplicated
     fs = FeatureSet(h=torch.cat(hs), z=None if no_head else torch.cat(zs), y=part.labels.clone(),
@@ -214,6 +219,12 @@ def _featureset_from_dict(d: dict, split: str, head: dict | None = None,
     for name, t in (("h", h), ("z", z)):
         if t is not None and not torch.isfinite(t).all():
             raise UserError(f"{where}: {split}.{name} contains NaN or infinite values")
+    if y.is_floating_point() or y.is_complex():
+        if not torch.isfinite(y).all() or not torch.equal(y, y.round()):
+            raise UserError(f"{where}: {split}.y holds non-integer class labels (e.g. "
+                            f"{y[y != y.round()][:1].tolist() or 'NaN'}); labels must be integers")
+    if y.dtype == torch.bool or (len(y) and int(y.min()) < 0):
+        raise UserError(f"{where}: {split}.y must hold class indices 0, 1, 2, ...")
     weight = bias = None
     if head:
         weight, bias = head.get("weight"), head.get("bias")

@@ -16,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from repdiag.errors import UserError  # noqa: E402
+
 FEATURE_LABELS = {"h": "h (backbone)", "h_r": "h_r (range)", "h_n": "h_n (null space)",
                   "z": "z (head)"}
 
@@ -107,15 +109,22 @@ def tsne_figure(embedding: np.ndarray, labels: np.ndarray | None = None,
 
 
 def save_figure(fig: plt.Figure, stem: str | os.PathLike, formats=("png", "pdf")) -> list[Path]:
-    """Save ``fig`` as ``stem.png`` and ``stem.pdf``, each written to a temp file then renamed."""
+    """Save ``fig`` as ``stem.png`` and ``stem.pdf``: every format is written to a temp file
+    first and renamed only when all are written, so a failure (a full disk, say) leaves no
+    temp file and no PNG without its PDF; it raises a UserError naming the file."""
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for fmt in formats:
-        final = stem.with_suffix(f".{fmt}")
-        tmp = final.with_name(f".{final.name}.tmp")
-        fig.savefig(tmp, format=fmt, dpi=150)
-        os.replace(tmp, final)
-        paths.append(final)
-    plt.close(fig)
-    return paths
+    finals = [stem.with_name(f"{stem.name}.{fmt}") for fmt in formats]
+    temps = [f.with_name(f".{f.name}.tmp") for f in finals]
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        for fmt, tmp in zip(formats, temps, strict=True):
+            fig.savefig(tmp, format=fmt, dpi=150)
+        for tmp, final in zip(temps, finals, strict=True):
+            os.replace(tmp, final)
+    except OSError as e:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write figure {finals[0]}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
+    return finals

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+from pathlib import Path
 
 from repdiag.errors import UserError
-from train.config import apply_overrides, list_presets, load_config, validate
+from train.config import (
+    apply_overrides,
+    check_resume_overrides,
+    list_presets,
+    load_config,
+    validate,
+)
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -36,9 +44,13 @@ def run_train(args: argparse.Namespace) -> int:
     from train.trainer import Trainer, config_from_checkpoint  # heavy imports only when training
 
     if args.resume:
+        if not (Path(args.resume) / "last.pt").is_file():
+            raise UserError(f"{args.resume}: nothing to resume (no last.pt)")
         cfg = config_from_checkpoint(args.resume)
+        stored = copy.deepcopy(cfg)
         apply_overrides(cfg, args.overrides)
         validate(cfg)
+        check_resume_overrides(stored, cfg, args.resume)
         out, resume = args.resume, True
     else:
         if not args.config:

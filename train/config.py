@@ -10,6 +10,7 @@ errors (one line, exit code 2).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -294,6 +295,7 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("batch_size must be at least 2 (NT-Xent needs negatives)")
     if cfg.save_every < 0 or cfg.knn_every < 0:
         raise UserError("save_every and knn_every must be >= 0 (0 turns them off)")
+    _validate_numbers(cfg)
     if not cfg.temperature > 0:
         raise UserError(f"temperature must be positive, got {cfg.temperature}")
     if not 0 <= cfg.val_fraction < 1:
@@ -308,6 +310,60 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith(("cuda", "mps")):
         raise UserError(f"unknown device '{cfg.device}'; use auto, cpu, cuda or cuda:N")
     _validate_scheme(cfg)
+
+
+def _validate_numbers(cfg: TrainConfig) -> None:
+    """Optimiser and monitor numbers: finite and in range (NaN fails every comparison)."""
+    o = cfg.optim
+    if not (o.lr > 0 and math.isfinite(o.lr)):
+        raise UserError(f"optim.lr must be a positive number, got {o.lr}")
+    if not (o.weight_decay >= 0 and math.isfinite(o.weight_decay)):
+        raise UserError(f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    if not 0 <= o.momentum < 1:
+        raise UserError(f"optim.momentum must be in [0, 1), got {o.momentum}")
+    if not 0 <= o.min_lr_ratio <= 1:
+        raise UserError(f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+    if not (cfg.temperature > 0 and math.isfinite(cfg.temperature)):
+        raise UserError(f"temperature must be a positive number, got {cfg.temperature}")
+    for name in ("knn_k", "knn_subset"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.data_limit is not None and cfg.data_limit < 1:
+        raise UserError(f"data_limit must be at least 1 (or null), got {cfg.data_limit}")
+    if not cfg.width > 0:
+        raise UserError(f"width must be positive, got {cfg.width}")
+    a = cfg.augment
+    if not 0 < a.crop_scale_min <= a.crop_scale_max <= 1:
+        raise UserError(f"augment crop scales must satisfy 0 < crop_scale_min <= crop_scale_max "
+                        f"<= 1, got {a.crop_scale_min}, {a.crop_scale_max}")
+    for name in ("flip_p", "jitter_p", "gray_p", "blur_p"):
+        if not 0 <= getattr(a, name) <= 1:
+            raise UserError(f"augment.{name} is a probability in [0, 1], got {getattr(a, name)}")
+
+
+#: the keys ``--resume`` may change: how long and how the run is monitored, not what it trains
+RESUMABLE_KEYS = ("epochs", "save_every", "knn_every", "knn_subset", "knn_k", "device",
+                  "data_root")
+
+
+def check_resume_overrides(before: TrainConfig, after: TrainConfig, where: str) -> None:
+    """Refuse ``--set`` on ``--resume`` that would change what the stored run trains."""
+    old, new = _flatten(before.to_dict()), _flatten(after.to_dict())
+    for key, value in new.items():
+        if key not in RESUMABLE_KEYS and old.get(key) != value:
+            raise UserError(f"--set {key}={value} cannot change a run being resumed (it was "
+                            f"trained with {key}={old.get(key)}); on --resume only "
+                            f"{', '.join(RESUMABLE_KEYS)} can change; start a new run with --out")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _validate_scheme(cfg: TrainConfig) -> None:

@@ -25,13 +25,19 @@ from repdiag.checkpoint import (
     atomic_write_text,
     load_checkpoint,
     make_checkpoint,
+    remove_stale_temp_files,
 )
 from repdiag.data import load_dataset
+from repdiag.data.paths import missing_folders, remove_empty_folders
 from repdiag.errors import UserError
 from repdiag.models import BackboneSpec, HeadSpec, build_backbone, build_head, default_cifar_stem
 from train.config import TrainConfig, dataset_options, directclr_d0, from_dict, validate
 from train.monitor import epoch_monitor
 from train.schemes import build_scheme, load_pretrained_head
+
+
+class DivergedError(UserError, FloatingPointError):
+    """The loss became NaN or infinite: one line for the user, a result for a sweep."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,6 +92,15 @@ class Trainer:
         self.out = Path(out_dir)
         self.quiet = quiet
         self.device = resolve_device(cfg.device)
+        created = missing_folders(self.out)
+        try:
+            self._setup(resume)
+        except BaseException:  # a run that could not start leaves no empty folder behind
+            remove_empty_folders([self.out / "checkpoints", *created] if created else [])
+            raise
+
+    def _setup(self, resume: bool) -> None:
+        cfg = self.cfg
         self._prepare_out_dir(resume)
         self.data = load_dataset(cfg.data, root=cfg.data_root, limit=cfg.data_limit,
                                  **dataset_options(cfg))
@@ -167,6 +182,8 @@ class Trainer:
             probe.unlink()
         except OSError as e:
             raise UserError(f"cannot write to --out {self.out}: {e.strerror or e}") from None
+        for folder in (self.out, self.out / "checkpoints"):  # left by a killed write
+            remove_stale_temp_files(folder)
         if resume and not (self.out / "last.pt").exists():
             raise UserError(f"{self.out}: nothing to resume (no last.pt)")
         if not resume and (self.out / "last.pt").exists():
@@ -248,7 +265,10 @@ class Trainer:
         for v1, v2 in bar:
             loss = self.scheme.train_step(v1, v2)
             if not math.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss} at epoch {epoch}, step {self.step}")
+                kept = (f"the last good checkpoint is {self.out / 'last.pt'} (epoch {self.epoch})"
+                        if self.epoch else "no checkpoint was written")
+                raise DivergedError(f"training diverged: the loss became {loss} at epoch {epoch}, "
+                                    f"step {self.step}; {kept}; lower optim.lr")
             if self.scheduler is not None:
                 self.scheduler.step()
             self.step += 1

@@ -69,6 +69,25 @@ def one_line(err: BaseException, limit: int = 160) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
+def missing_folders(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing.append(p)
+    return missing
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove the given folders (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def via_torchvision(
     name: str, make: Callable[[Path, bool], T], root: Path | None, download: bool, hint: str
 ) -> T:
@@ -88,10 +107,12 @@ def via_torchvision(
             raise UserError(
                 f"dataset {name!r} not found in {target}{detail} and downloads are disabled; {hint}"
             ) from None
+    created = missing_folders(target)
     try:
         target.mkdir(parents=True, exist_ok=True)
         return make(target, True)
     except Exception as err:  # noqa: BLE001 - network, checksum, disk errors all end here
+        remove_empty_folders(created)  # a failed download leaves no empty folders behind
         raise UserError(
             f"dataset {name!r} not found in {target} and the download failed ({one_line(err)}); "
             f"{hint}"
