@@ -60,6 +60,7 @@ from torch import nn
 from repdiag.checkpoint import atomic_torch_save, safe_torch_load
 from repdiag.data import check_dataset_options, dataset_kwargs, load_dataset
 from repdiag.errors import UserError
+from train.device import resolve_device
 
 AE_FORMAT = "repdiag-autoencoder"
 AE_VERSION = 1
@@ -192,12 +193,6 @@ def flat_batch(images: torch.Tensor, stats, max_size: int, device) -> torch.Tens
 
 
 # ---------------------------------------------------------------------- training
-def _device(name: str) -> torch.device:
-    from train.trainer import resolve_device
-
-    return resolve_device(name)
-
-
 @torch.no_grad()
 def evaluate(model: ShallowAutoencoder, images: torch.Tensor, stats, cfg: AEConfig, device) -> float:
     """Mean per-element MSE over a split."""
@@ -221,7 +216,7 @@ def train_autoencoder(cfg: AEConfig, out_dir: str | os.PathLike, *, quiet: bool 
     ck_path = out / CHECKPOINT_NAME
     if ck_path.exists():
         raise UserError(f"{out} already holds an autoencoder ({CHECKPOINT_NAME}); use another --out")
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     data = load_dataset(cfg.data, root=cfg.data_root, limit=cfg.data_limit,
                         **dataset_kwargs(cfg.to_dict()))
     if len(data.train) < 1 or len(data.val) < 1:

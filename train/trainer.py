@@ -31,7 +31,15 @@ from repdiag.data import load_dataset
 from repdiag.data.paths import missing_folders, remove_empty_folders
 from repdiag.errors import UserError
 from repdiag.models import BackboneSpec, HeadSpec, build_backbone, build_head, default_cifar_stem
+from train.autoencoder import (
+    CHECKPOINT_NAME,
+    AEConfig,
+    attach_ae_embedding,
+    train_autoencoder,
+    zscore_stats,
+)
 from train.config import TrainConfig, dataset_options, directclr_d0, from_dict, validate
+from train.device import resolve_device
 from train.monitor import epoch_monitor
 from train.schemes import build_scheme, load_pretrained_head
 
@@ -40,20 +48,9 @@ class DivergedError(UserError, FloatingPointError):
     """The loss became NaN or infinite: one line for the user, a result for a sweep."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, CPU otherwise."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device '{name}' requested but no CUDA device is available")
-    return torch.device(name)
-
-
 def input_normalization(cfg: TrainConfig, data) -> tuple[tuple | None, tuple | None]:
     """(mean, std) applied to every input: Z-score with train statistics, 0.5/0.5, or none."""
     if cfg.augment.zscore:
-        from train.autoencoder import zscore_stats
-
         mean, std = zscore_stats(data.train.images)
         return tuple(mean.tolist()), tuple(std.tolist())
     if cfg.augment.normalize:
@@ -129,8 +126,6 @@ class Trainer:
         if h.pretrained and not resume:  # frozen only with scheme.kind=fixed; else an init
             load_pretrained_head(self.head, h.pretrained)
         if h.kind == "ae":  # paper S: AE embedding as first layer, frozen before the optimizer
-            from train.autoencoder import attach_ae_embedding
-
             if not h.ae_checkpoint and not resume:
                 h.ae_checkpoint = self._train_autoencoder()
 
@@ -155,8 +150,6 @@ class Trainer:
         Used when head.kind=ae is given without head.ae_checkpoint; the path is
         recorded in the run's config, so a resume reuses it.
         """
-        from train.autoencoder import CHECKPOINT_NAME, AEConfig, train_autoencoder
-
         cfg = self.cfg
         ae_dir = self.out / "autoencoder"
         path = ae_dir / CHECKPOINT_NAME

@@ -24,8 +24,8 @@ from repdiag.data.registry import (
 from repdiag.data.splits import SPLIT_SCHEMES
 from repdiag.data.synthetic import make_synthetic
 
-# importing the loader modules fills the registry
-from repdiag.data import folders, sources  # noqa: F401  isort: skip
+# importing the loader modules fills the registry (they import it; it imports none of them)
+from repdiag.data import folders, sources, synthetic  # noqa: F401  isort: skip
 
 __all__ = [
     "SPLIT_NAMES",

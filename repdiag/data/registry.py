@@ -52,23 +52,16 @@ def register(name: str, *, takes_arg: bool = False) -> Callable[[Loader], Loader
     return deco
 
 
-def _ensure_builtin_loaders() -> None:
-    # imported here, not at module top, because those modules import `register`
-    from repdiag.data import folders, sources, synthetic  # noqa: F401
-
-
 def _display_name(entry: _Entry) -> str:
     return f"{entry.name}:PATH" if entry.takes_arg else entry.name
 
 
 def list_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset`, sorted (``imagefolder:PATH`` takes a path)."""
-    _ensure_builtin_loaders()
     return sorted(_display_name(e) for e in REGISTRY.values())
 
 
 def _lookup(name: str) -> tuple[_Entry, str | None]:
-    _ensure_builtin_loaders()
     key, sep, arg = name.partition(":")
     key = key.strip().lower().replace("_", "-")
     entry = REGISTRY.get(key)
