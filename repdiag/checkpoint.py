@@ -184,17 +184,22 @@ class Checkpoint:
     extra: dict = field(default_factory=dict)
     source: str = FORMAT
     key_map: tuple = ()  # foreign files: the --map PREFIX=ROLE rules they were read with
+    # foreign files: the file's key prefix of the backbone and head ("backbone.", ...), so
+    # that errors name keys as the file does
+    key_prefixes: dict = field(default_factory=dict)
 
     def build_backbone(self) -> torch.nn.Module:
         """The backbone with its trained weights, in eval mode, on CPU."""
         net = build_backbone(self.backbone_spec)
-        _load_strict(net, self.backbone_state, f"{self.path}: backbone")
+        _load_strict(net, self.backbone_state, f"{self.path}: backbone",
+                     self.key_prefixes.get("backbone", ""))
         return net.eval()
 
     def build_head(self) -> Head:
         """The projection head with its trained weights, in eval mode, on CPU."""
         head = build_head(self.head_spec)
-        _load_strict(head, self.head_state, f"{self.path}: head")
+        _load_strict(head, self.head_state, f"{self.path}: head",
+                     self.key_prefixes.get("head", ""), strip="net." if self.key_prefixes else "")
         return head.eval()
 
     @property
@@ -202,11 +207,17 @@ class Checkpoint:
         return self.config.get("data")
 
 
-def _load_strict(module: torch.nn.Module, state: dict, what: str) -> None:
-    """load_state_dict that names missing/unexpected keys and shape mismatches in one line."""
+def _load_strict(module: torch.nn.Module, state: dict, what: str, prefix: str = "",
+                 strip: str = "") -> None:
+    """load_state_dict that names missing/unexpected keys and shape mismatches in one line,
+    in the file's own key names (``prefix`` + key, with repdiag's ``strip`` removed)."""
+
+    def named(key: str) -> str:
+        return prefix + (key[len(strip):] if strip and key.startswith(strip) else key)
+
     own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+    missing = [named(k) for k in own if k not in state]
+    unexpected = [named(k) for k in state if k not in own]
     if missing or unexpected:
         parts = []
         if missing:
@@ -218,7 +229,7 @@ def _load_strict(module: torch.nn.Module, state: dict, what: str) -> None:
     if bad:
         k = bad[0]
         raise UserError(
-            f"{what}: shape mismatch for {k}: checkpoint {tuple(state[k].shape)}, "
+            f"{what}: shape mismatch for {named(k)}: the file has {tuple(state[k].shape)}, the "
             f"model {tuple(own[k].shape)}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
         )
     module.load_state_dict(state, strict=True)

@@ -303,7 +303,9 @@ def run_nullspace(args: argparse.Namespace) -> int:
                for s in sources]
     _probe_figure(args, labels, reports, f"nullspace_{args.probe}")
     _emit(args, reports, labels, _probe_rows(labels, reports, lambda r: {
-        "probe": r["probe"], "head": "x".join(map(str, r["head_shape"])),
+        "probe": r["probe"],
+        "head": "no head (A = I)" if r.get("undefined", {}).get("h_n", "").startswith("no head")
+        else "x".join(map(str, r["head_shape"])),
         "head rank": r["head_rank"], "residual": f"{r['residual']:.1e}",
         "range energy (%)": _fmt_pct(r["energy_range"])}),
         header=protocol_header(reports[0]), notes=undefined_notes(labels, reports))

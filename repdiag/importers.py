@@ -61,7 +61,7 @@ def parse_key_map(items) -> tuple[tuple[str, str], ...]:
 def import_foreign(raw: object, path: str, key_map: tuple[tuple[str, str], ...] = ()) -> dict:
     """The fields of a :class:`repdiag.checkpoint.Checkpoint` for a non-repdiag torch file
     (``config``, ``backbone_spec``, ``head_spec``, ``backbone_state``, ``head_state``,
-    ``source``), or a UserError saying why it cannot be read."""
+    ``source``, ``key_prefixes``), or a UserError saying why it cannot be read."""
     if not isinstance(raw, dict) or not raw:
         raise UserError(f"{path}: not a repdiag checkpoint nor a state dict "
                         f"(found {type(raw).__name__})")
@@ -83,7 +83,7 @@ def import_foreign(raw: object, path: str, key_map: tuple[tuple[str, str], ...] 
                         f"('{bad[0]}' holds a {type(state[bad[0]]).__name__}; keys: "
                         f"{', '.join(list(map(str, raw))[:5])})")
     state = _strip_ddp(state)
-    backbone, found_head, layout = _assign_roles(state, path, key_map)
+    backbone, found_head, layout, prefixes = _assign_roles(state, path, key_map)
     source = layout or source
     head_state = head_state or found_head
     backbone = {_sequential_to_named(k): v for k, v in backbone.items() if not k.startswith("fc.")}
@@ -93,8 +93,11 @@ def import_foreign(raw: object, path: str, key_map: tuple[tuple[str, str], ...] 
                         "e.g. --map encoder.=backbone --map proj.=head")
     spec = infer_backbone_spec(backbone, path)
     head_spec, head_state = infer_head(head_state, _feature_dim(backbone, spec), path)
+    if head_state and all(k.startswith("layers.") for k in head_state) and prefixes["head"]:
+        prefixes["head"] += "layers."
     return {"config": config, "backbone_spec": spec, "head_spec": head_spec,
-            "backbone_state": backbone, "head_state": head_state, "source": source}
+            "backbone_state": backbone, "head_state": head_state, "source": source,
+            "key_prefixes": prefixes}
 
 
 def _strip_ddp(state: dict) -> dict:
@@ -114,8 +117,9 @@ def _take(state: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def _assign_roles(state: dict, path: str, key_map) -> tuple[dict, dict, str | None]:
-    """Split a flat state dict into backbone and head parts (and the layout's name)."""
+def _assign_roles(state: dict, path: str, key_map) -> tuple[dict, dict, str | None, dict]:
+    """Split a flat state dict into backbone and head parts, the layout's name, and the
+    file's key prefix of each part (to name keys as the file does in error messages)."""
     if key_map:
         parts: dict[str, dict] = {"backbone": {}, "head": {}, "ignore": {}}
         claimed = set()
@@ -129,16 +133,18 @@ def _assign_roles(state: dict, path: str, key_map) -> tuple[dict, dict, str | No
             raise UserError(f"{path}: --map leaves keys unassigned, e.g. {', '.join(rest[:3])} "
                             f"({len(rest)} in all); key prefixes in the file: "
                             f"{_prefix_summary(state)}; add --map PREFIX=ignore for parts to skip")
-        return parts["backbone"], parts["head"], "mapped"
+        firsts = {role: next((p for p, r in key_map if r == role), "") for role in ("backbone", "head")}
+        return parts["backbone"], parts["head"], "mapped", firsts
     for prefix, layout in BACKBONE_PREFIXES:
         backbone = _take(state, prefix)
         if not backbone:
             continue
-        head, source = {}, layout
+        head, source, found_prefix = {}, layout, ""
         for head_prefix, head_layout in HEAD_PREFIXES:
             head = _take(state, head_prefix)
             if head:
                 source = head_layout if layout == "prefixed" else layout
+                found_prefix = head_prefix
                 break
         known = tuple(p for p, _ in BACKBONE_PREFIXES + HEAD_PREFIXES) + AUX_PREFIXES
         other = [k for k in state if not k.startswith(known)]
@@ -147,8 +153,8 @@ def _assign_roles(state: dict, path: str, key_map) -> tuple[dict, dict, str | No
                             f"{', '.join(other[:3])} ({len(other)} in all); key prefixes in the "
                             f"file: {_prefix_summary(state)}; assign them with --map PREFIX=ROLE "
                             "(backbone, head or ignore)")
-        return backbone, head, source
-    return state, {}, None
+        return backbone, head, source, {"backbone": prefix, "head": found_prefix}
+    return state, {}, None, {"backbone": "", "head": ""}
 
 
 def _sequential_to_named(key: str) -> str:

@@ -118,7 +118,7 @@ def test_solo_learn_layout_and_strict_key_errors(tmp_path):
     broken = dict(state)
     del broken["backbone.layer2.0.bn1.weight"]
     torch.save({"state_dict": broken}, path)
-    with pytest.raises(UserError, match="missing keys layer2.0.bn1.weight"):
+    with pytest.raises(UserError, match="missing keys backbone.layer2.0.bn1.weight"):
         load_checkpoint(path).build_backbone()
 
 

@@ -146,7 +146,7 @@ def test_nullspace_of_no_head_reports_h_n_as_undefined(no_head_ckpt, capsys):
     assert n["accuracy"]["h_r"] == n["accuracy"]["h"]  # h_r = h
     assert main(["nullspace", str(no_head_ckpt)]) == 0
     out = capsys.readouterr().out
-    assert "—" in out and "h_n not defined (no head" in out
+    assert "—" in out and "h_n not defined (no head" in out and "no head (A = I)" in out
 
 
 def test_h_n_is_undefined_for_an_injective_head_and_defined_otherwise(tmp_path, capsys):

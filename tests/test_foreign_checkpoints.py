@@ -249,3 +249,19 @@ def test_pickled_whole_module_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "refused" in err and "state_dict()" in err
     assert "add_safe_globals" not in err and "torch.nn.modules.container.Sequential" in err
+
+
+def test_key_errors_name_the_files_own_keys(tmp_path):
+    from lightly.models.modules import heads
+
+    from repdiag.errors import UserError
+
+    model = nn.Module()
+    model.backbone = nn.Sequential(*list(_narrow_resnet18().children())[:-1])
+    model.projection_head = heads.SimCLRProjectionHead(64, 32, 16)
+    path = tmp_path / "lightly.pt"
+    torch.save(model.state_dict(), path)
+    ck = load_checkpoint(path)
+    del ck.head_state["net.4.weight"]
+    with pytest.raises(UserError, match=r"missing keys projection_head\.layers\.4\.weight$"):
+        ck.build_head()
