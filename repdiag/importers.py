@@ -73,7 +73,10 @@ def import_foreign(raw: object, path: str, key_map: tuple[tuple[str, str], ...] 
             else "state_dict"
         state = raw["state_dict"]
         if isinstance(raw.get("hyper_parameters"), dict):
-            config["hyper_parameters"] = raw["hyper_parameters"]
+            config["hyper_parameters"] = hp = raw["hyper_parameters"]
+            dataset = _recorded_dataset(hp)
+            if dataset:  # solo-learn's cfg.data.dataset: the default for --data
+                config["data"] = dataset
     if isinstance(state.get("backbone"), dict):
         head_state = dict(state.get("head") or {})
         state = state["backbone"]
@@ -98,6 +101,17 @@ def import_foreign(raw: object, path: str, key_map: tuple[tuple[str, str], ...] 
     return {"config": config, "backbone_spec": spec, "head_spec": head_spec,
             "backbone_state": backbone, "head_state": head_state, "source": source,
             "key_prefixes": prefixes}
+
+
+def _recorded_dataset(hp: dict) -> str | None:
+    """The dataset a solo-learn config names (``data.dataset``), if repdiag knows it."""
+    from repdiag.data.registry import REGISTRY
+
+    data = hp.get("data")
+    name = data.get("dataset") if isinstance(data, dict) else None
+    if isinstance(name, str) and name.lower().replace("_", "-") in REGISTRY:
+        return name.lower().replace("_", "-")
+    return None
 
 
 def _strip_ddp(state: dict) -> dict:

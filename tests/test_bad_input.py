@@ -287,3 +287,38 @@ def test_rank_flags_sample_limited_ranks(files, capsys):
     assert code == 0 and r["h"]["limited_by_samples"] and r["h"]["n"] == 20
     assert main(["rank", f"{files}/run/last.pt", "--limit", "20"]) == 0
     assert "raise --limit" in capsys.readouterr().out
+
+
+def test_a_full_disk_while_writing_figures_leaves_no_partial_figure(files, tmp_path, monkeypatch,
+                                                                     capsys):
+    import errno
+
+    from matplotlib.figure import Figure
+
+    original = Figure.savefig
+
+    def savefig(self, fname, *a, format=None, **k):
+        if format == "pdf":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, fname, *a, format=format, **k)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    out = tmp_path / "figs"
+    code, _, err = _run(capsys, ["spectrum", f"{files}/feat.pt", "--out", str(out)])
+    assert code == 2 and "No space left on device" in err and len(err.strip().splitlines()) == 1
+    assert list(out.iterdir()) == []  # neither the PNG without its PDF nor a temp file
+
+
+def test_a_failed_download_leaves_no_data_root_tree(tmp_path, monkeypatch):
+    from repdiag.data.paths import via_torchvision
+    from repdiag.errors import UserError
+
+    monkeypatch.delenv("REPDIAG_NO_DOWNLOAD", raising=False)
+
+    def make(directory, download):
+        raise RuntimeError("network unreachable" if download else "not found")
+
+    root = tmp_path / "data" / "here"
+    with pytest.raises(UserError, match="download failed"):
+        via_torchvision("cifar10", make, root, True, "get it by hand")
+    assert not (tmp_path / "data").exists()

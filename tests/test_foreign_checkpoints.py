@@ -196,6 +196,7 @@ def test_solo_learn_lightning_checkpoint_with_omegaconf(tmp_path, capsys, method
     hp = ck.config["hyper_parameters"]  # kept as plain data
     assert hp["method"] == method and hp["method_kwargs"]["proj_output_dim"] == 16
     assert hp["data"]["dataset"] == "cifar10" and isinstance(hp["backbone"], dict)
+    assert ck.dataset == "cifar10"  # the default for --data, from solo-learn's config
 
 
 def test_older_solo_learn_encoder_prefix(tmp_path, capsys):

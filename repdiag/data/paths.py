@@ -64,8 +64,8 @@ def downloads_allowed(download: bool) -> bool:
 def one_line(err: BaseException, limit: int = 160) -> str:
     """A short single-line description of an exception, for embedding in a UserError."""
     text = " ".join(str(err).split())
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
+    if len(text) > limit:  # cut between words, never inside one
+        text = text[: limit - 4].rsplit(" ", 1)[0] + " ..."
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
