@@ -148,8 +148,9 @@ def plain(obj: Any, depth: int = 0) -> Any:
             return {str(k): plain(v, depth + 1) for k, v in obj.items()}
         if "items_" in obj.__dict__:
             return [plain(v, depth + 1) for v in obj.__dict__["items_"]]
-        if obj.args:
-            return plain(obj.args[0] if len(obj.args) == 1 else list(obj.args), depth + 1)
+        args = getattr(obj, "args", ())  # absent when the pickle built it with NEWOBJ
+        if args:
+            return plain(args[0] if len(args) == 1 else list(args), depth + 1)
         return obj.qualname
     if isinstance(obj, type) and issubclass(obj, Inert):
         return obj.qualname

@@ -142,3 +142,23 @@ def test_cli_loading_evil_file_exits_2_without_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert not (tmp_path / "PWNED_MARKER").exists()
+
+
+def test_inert_unpickling_never_calls_foreign_classes_and_reads_their_data(tmp_path):
+    """Classes outside torch's allow-list become placeholders holding their pickled data."""
+    import collections
+    import fractions
+
+    from repdiag.inert_pickle import Inert, load_inert, plain
+
+    path = tmp_path / "mixed.pt"
+    od = collections.OrderedDict(w=torch.arange(3.0))
+    torch.save({"state_dict": od, "frac": fractions.Fraction(1, 3),
+                "counter": collections.Counter("aab"), "dq": collections.deque([1, 2])}, path)
+    raw = load_inert(path)
+    assert torch.equal(raw["state_dict"]["w"], torch.arange(3.0))
+    assert isinstance(raw["frac"], Inert) and raw["frac"].qualname == "fractions.Fraction"
+    # the arguments the pickle would have called the class with, never the class itself
+    assert list(raw["frac"].args) == list(fractions.Fraction(1, 3).__reduce__()[1])
+    assert raw["dq"].qualname == "collections.deque" and plain(raw["dq"]) == [1, 2]  # its items
+    assert plain(raw)["counter"] == {"a": 2, "b": 1}
