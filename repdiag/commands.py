@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import re
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -33,6 +34,9 @@ def add_diagnostic_parsers(sub) -> None:
                       "(G eq. 4, Fig. 4)", run_nullspace),
         "probe": ("kNN or linear probe accuracy on chosen features", run_probe),
         "tsne": ("t-SNE map of chosen features, coloured by class", run_tsne),
+        "report": ("one self-contained HTML page (and a Markdown twin) with config, training "
+                   "curves, spectra, ranks, null-space probes, CKA(h, z) and t-SNE maps",
+                   run_report),
     }
     for name, (help_text, func) in specs.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -57,7 +61,7 @@ def add_diagnostic_parsers(sub) -> None:
         p.add_argument("--out", metavar="DIR", help="write figures (PNG and PDF) into DIR")
         if name in ("spectrum", "rank", "tsne"):
             p.add_argument("--split", default="test", help="train, val or test (default test)")
-        if name in ("probe", "nullspace"):
+        if name in ("probe", "nullspace", "report"):
             p.add_argument("--probe", default="knn", help="knn or linear (default knn)")
             p.add_argument("--preset", help="probe protocol preset: knn g|lightly|solo|solo-cosine, "
                                             "linear fast|g|s")
@@ -70,6 +74,10 @@ def add_diagnostic_parsers(sub) -> None:
                            help="L2-normalise rows first (DirectCLR's collapse plot)")
         if name == "rank":
             p.add_argument("--rtol", type=float, help="relative cut-off (default max(N, m)·eps)")
+        if name == "report":
+            p.add_argument("--tsne-points", type=int, default=2000,
+                           help="test points in each t-SNE map (default 2000; 0 skips them)")
+            p.add_argument("--title", default="repdiag report", help="the page's title")
         if name == "tsne":
             p.add_argument("--max-points", type=int, default=5000,
                            help="random subset size for the map (default 5000)")
@@ -342,4 +350,26 @@ def run_tsne(args: argparse.Namespace) -> int:
             rows.append({"model": lab, "features": feat, "points": res.n, "figure": str(paths[0])})
         reports.append(rep)
     _emit(args, reports, labels, pd.DataFrame(rows))
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from repdiag.report import build_report, write_report
+
+    if not args.out:
+        raise UserError("report needs --out DIR (report.html, report.md, report.json go there)")
+    out = _out_dir(args)
+    sources = _sources(args)
+    labels = _labels(sources)
+    progress = None if args.json else (lambda text: print(f"[report] {text}", file=sys.stderr,
+                                                          flush=True))
+    reports = build_report(sources, labels, probe=args.probe, preset=args.preset,
+                           tsne_points=args.tsne_points, seed=args.seed, progress=progress)
+    notes = undefined_notes(labels, [r.probes for r in reports])
+    written = write_report(reports, out, title=args.title, class_names=sources[0].class_names(),
+                           notes=notes)
+    if args.json:
+        print(json.dumps(written))
+    else:
+        print(f"wrote {written['html']} and {written['markdown']} ({written['figures']} figures)")
     return 0

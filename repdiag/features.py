@@ -308,6 +308,15 @@ class FeatureSource:
                                         self.extract_kw.get("limit"))
         return self._dataset
 
+    def class_names(self) -> list[str] | None:
+        """The dataset's class names (checkpoints only; None for feature files or on failure)."""
+        if self.checkpoint is None:
+            return None
+        try:
+            return list(self._load_dataset().train.classes)
+        except UserError:
+            return None
+
     def get(self, split: str) -> FeatureSet:
         """The features of ``split`` (train, val or test)."""
         if split not in self._sets:

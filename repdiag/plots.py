@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from repdiag.errors import UserError  # noqa: E402
@@ -34,6 +35,34 @@ def spectrum_figure(spectra: Mapping[str, Sequence[float]], title: str = "") -> 
     ax.set_title(title or "covariance spectrum")
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(metrics: Mapping[str, Sequence[Mapping]], title: str = "") -> plt.Figure:
+    """Per-epoch training curves of one or several runs: training and validation
+    contrastive loss, and the kNN monitor (validation, or test marked as not used)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for label, lines in metrics.items():
+        epochs = [m["epoch"] for m in lines]
+        axes[0].plot(epochs, [m.get("loss", np.nan) for m in lines], marker="o", label=f"{label} train")
+        if any("val_loss" in m for m in lines):
+            axes[0].plot(epochs, [m.get("val_loss", np.nan) for m in lines], marker="s",
+                         linestyle="--", label=f"{label} val")
+        for key, what in (("knn_val", "val"), ("knn_test", "test, not used for selection")):
+            if any(key in m for m in lines):
+                axes[1].plot(epochs, [100 * m[key] if key in m else np.nan for m in lines],
+                             marker="o", label=f"{label} ({what})")
+    axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("contrastive loss")
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel("kNN monitor accuracy (%)")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.suptitle(title or "training curves")
     fig.tight_layout()
     return fig
 

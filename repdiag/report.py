@@ -1,0 +1,232 @@
+"""``repdiag report``: one page that diagnoses one checkpoint or compares several.
+
+:func:`build_report` computes, per model, what paper G §3 looks at: the run's
+config and training curves (``metrics.jsonl`` as stored in the checkpoint),
+the covariance spectra of H and Z, numerical and effective ranks and the rank
+deficit, the null-space probes on h, h_r, h_n and z, linear CKA(h, z) and
+t-SNE maps. :func:`write_report` renders it twice from the same figures: a
+self-contained HTML page (images embedded as data URIs, no network, no
+script) and a Markdown twin whose images are PNG files beside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from repdiag import diagnose
+from repdiag.diagnostics import cka, tsne
+from repdiag.errors import UserError
+from repdiag.features import FeatureSource
+
+CONFIG_KEYS = ("method", "data", "backbone", "width", "epochs", "batch_size", "temperature",
+               "head.kind", "head.hidden_dim", "head.out_dim", "head.activation", "scheme.kind",
+               "optim.name", "optim.lr", "select")
+
+
+@dataclass
+class ModelReport:
+    """Everything the page shows for one model (plain data, JSON-ready)."""
+
+    label: str
+    source: str
+    config: dict
+    metrics: list
+    spectrum: dict
+    rank: dict
+    probes: dict
+    cka_hz: float | None
+    tsne: dict = field(default_factory=dict)  # feature -> (embedding N x 2, labels N)
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("label", "source", "config", "metrics", "rank",
+                                           "probes", "cka_hz")}
+        d["spectrum"] = {k: v[:10] for k, v in self.spectrum.items()}  # the top of it
+        return d
+
+
+def _config_summary(src: FeatureSource) -> dict:
+    ck = src.checkpoint
+    if ck is None:
+        return {"source": "feature file"}
+    cfg = ck.config or {}
+    out = {"source": ck.source, "epoch": ck.epoch}
+    for key in CONFIG_KEYS:
+        value = cfg
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            out[key] = value
+    if ck.source != "repdiag-checkpoint":
+        out.update(backbone=ck.backbone_spec.name, width=ck.backbone_spec.width,
+                   **{"head.kind": ck.head_spec.kind})
+    return out
+
+
+def build_report(sources: list[FeatureSource], labels: list[str], *, probe: str = "knn",
+                 preset: str | None = None, tsne_points: int = 2000, seed: int = 0,
+                 progress=None) -> list[ModelReport]:
+    """The diagnostics of each model (G §3): spectra, ranks, probes, CKA(h, z), t-SNE."""
+    if tsne_points < 0:
+        raise UserError(f"--tsne-points must be >= 0 (0 skips the maps), got {tsne_points}")
+    reports = []
+    for label, src in zip(labels, sources, strict=True):
+        step = (lambda what, lab=label: progress(f"{lab}: {what}")) if progress else (lambda _: None)
+        step("spectra and ranks")
+        test = src.get("test")
+        spectrum = diagnose.spectrum_report(src, "test")
+        rank = diagnose.rank_report(src, "test")
+        step(f"{probe} probes")
+        if test.weight is not None:
+            probes = diagnose.nullspace_report(src, probe, preset=preset, seed=seed)
+        else:
+            probes = diagnose.probe_report(src, probe, preset=preset, seed=seed)
+        cka_hz = float(cka(test.h, test.z)) if test.z is not None else None
+        maps = {}
+        if tsne_points:
+            step("t-SNE")
+            idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
+            idx = idx[:tsne_points]
+            perplexity = min(30.0, max(2.0, (len(idx) - 1) / 3.5))
+            for feat in ("h", "z") if test.z is not None else ("h",):
+                x = test.h if feat == "h" else test.z
+                res = tsne(x[idx], test.y[idx], perplexity=perplexity, seed=seed)
+                maps[feat] = (res.embedding, res.labels)
+        metrics = list(src.checkpoint.metrics) if src.checkpoint is not None else []
+        reports.append(ModelReport(label=label, source=src.path, config=_config_summary(src),
+                                   metrics=metrics, spectrum=spectrum, rank=rank, probes=probes,
+                                   cka_hz=cka_hz, tsne=maps))
+    return reports
+
+
+# --------------------------------------------------------------------------- rendering
+def _figures(reports: list[ModelReport], class_names: list[str] | None) -> list[tuple[str, str, object]]:
+    """(file stem, caption, matplotlib Figure) for every figure of the page."""
+    from repdiag import plots
+
+    figs = []
+    curves = {r.label: r.metrics for r in reports if r.metrics}
+    if curves:
+        figs.append(("curves", "Training curves (loss, validation loss, kNN monitor) per epoch",
+                     plots.curves_figure(curves)))
+    for i, r in enumerate(reports):
+        figs.append((f"spectrum_{i}", f"{r.label}: covariance eigenvalues of H and Z (G Fig. 2a/b)",
+                     plots.spectrum_figure(r.spectrum, title=f"spectrum: {r.label}")))
+    ranks = {r.label: {k: r.rank[k]["rank"] for k in ("h", "z") if r.rank.get(k)} for r in reports}
+    figs.append(("rank", "Numerical rank of H and Z, rank deficit (G Fig. 2c)",
+                 plots.rank_figure(ranks)))
+    accs = {r.label: r.probes["accuracy"] for r in reports}
+    figs.append(("probes", f"{reports[0].probes['probe']} probe accuracy on h, h_r, h_n, z "
+                 "(G Fig. 3-4; a missing bar is a feature set that is not defined)",
+                 plots.probe_figure(accs, probe=reports[0].probes["probe"])))
+    for i, r in enumerate(reports):
+        for feat, (emb, lab) in r.tsne.items():
+            figs.append((f"tsne_{i}_{feat}", f"{r.label}: t-SNE of {feat} (test split)",
+                         plots.tsne_figure(emb, lab, classes=class_names,
+                                           title=f"t-SNE of {feat}: {r.label}")))
+    return figs
+
+
+def _table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    cols = list(dict.fromkeys(k for row in rows for k in row))
+    return cols, [[_cell(row.get(c)) for c in cols] for row in rows]
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.4g}" if math.isfinite(v) else "—"
+    return str(v)
+
+
+def summary_rows(reports: list[ModelReport]) -> list[dict]:
+    """Paper G's diagnostic table: ranks, deficit, effective ranks, probes, CKA(h, z)."""
+    rows = []
+    for r in reports:
+        row = {"model": r.label, "rank h": r.rank["h"]["rank"],
+               "rank z": r.rank["z"]["rank"] if r.rank.get("z") else None,
+               "deficit": r.rank.get("rank_deficit"),
+               "RankMe h": round(r.rank["h"]["effective_rank"], 1),
+               "RankMe z": round(r.rank["z"]["effective_rank"], 1) if r.rank.get("z") else None}
+        for feat, acc in r.probes["accuracy"].items():
+            row[f"{r.probes['probe']} {feat} (%)"] = None if acc is None else round(100 * acc, 2)
+        row["CKA(h, z)"] = None if r.cka_hz is None else round(r.cka_hz, 3)
+        rows.append(row)
+    return rows
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(reports: list[ModelReport], out: Path, *, title: str = "repdiag report",
+                 class_names: list[str] | None = None, notes: list[str] = ()) -> dict:
+    """Write ``report.html`` (self-contained), ``report.md`` + its PNGs and ``report.json``.
+
+    Everything is rendered in memory first and written only at the end, each
+    file atomically, so a failure leaves no half-written page.
+    """
+    from repdiag.checkpoint import atomic_write_text
+
+    figures = [(stem, caption, _png(fig)) for stem, caption, fig in
+               _figures(reports, class_names)]
+    cols, cells = _table(summary_rows(reports))
+    esc = html.escape
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}"
+             "</title><style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;"
+             "color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;"
+             "padding:3px 8px;text-align:right}th{background:#eee}img{max-width:100%}"
+             "figure{margin:1.5em 0}figcaption{color:#555;font-size:90%}</style></head><body>",
+             f"<h1>{esc(title)}</h1>"]
+    md = [f"# {title}", ""]
+    protocol = reports[0].probes.get("protocol", {})
+    text = json.dumps(protocol, ensure_ascii=False)
+    parts.append(f"<p>Probe protocol: <code>{esc(text)}</code></p>")
+    md += [f"Probe protocol: `{text}`", ""]
+    parts.append("<h2>Diagnostics</h2><table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in cols)
+                 + "</tr>" + "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row)
+                                     + "</tr>" for row in cells) + "</table>")
+    md += ["## Diagnostics", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(row) + " |" for row in cells] + [""]
+    for line in notes:
+        parts.append(f"<p>{esc(line)}</p>")
+        md += [line, ""]
+    parts.append("<h2>Runs</h2>")
+    md += ["## Runs", ""]
+    for r in reports:
+        kv = ", ".join(f"{k}={v}" for k, v in r.config.items())
+        parts.append(f"<p><b>{esc(r.label)}</b> ({esc(r.source)}): {esc(kv)}</p>")
+        md += [f"- **{r.label}** (`{r.source}`): {kv}"]
+    md.append("")
+    parts.append("<h2>Figures</h2>")
+    md += ["## Figures", ""]
+    for stem, caption, png in figures:
+        data = base64.b64encode(png).decode("ascii")
+        parts.append(f"<figure><img alt='{esc(caption)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{esc(caption)}</figcaption></figure>")
+        md += [f"![{caption}](report_files/{stem}.png)", "", f"*{caption}*", ""]
+    parts.append("</body></html>")
+    out.mkdir(parents=True, exist_ok=True)
+    files = out / "report_files"
+    files.mkdir(exist_ok=True)
+    for stem, _, png in figures:
+        (files / f".{stem}.png.tmp").write_bytes(png)
+        (files / f".{stem}.png.tmp").replace(files / f"{stem}.png")
+    atomic_write_text(out / "report.md", "\n".join(md) + "\n")
+    atomic_write_text(out / "report.json", json.dumps([r.to_dict() for r in reports], default=str))
+    atomic_write_text(out / "report.html", "".join(parts) + "\n")
+    return {"html": str(out / "report.html"), "markdown": str(out / "report.md"),
+            "json": str(out / "report.json"), "figures": len(figures)}
