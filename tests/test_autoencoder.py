@@ -58,7 +58,8 @@ def test_train_ae_cli_and_refusals(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["latent"] == 256
     assert load_ae_embedding(out / "autoencoder.pt")["weight"].shape == (256, 512)
     assert main(args) == 2 and "already holds an autoencoder" in capsys.readouterr().err
-    for bad, msg in (("latent=100", "latent must be one of"), ("zscore=sometimes", "unknown zscore")):
+    for bad, msg in (("latent=0", "latent must be a positive integer"),
+                     ("zscore=sometimes", "unknown zscore")):
         assert main(["train-ae", "--data", "synthetic", "--out", str(tmp_path / "o"),
                      "--set", bad]) == 2
         err = capsys.readouterr().err
@@ -120,9 +121,6 @@ def test_frozen_embedding_is_bitwise_unchanged_and_equals_the_autoencoder(tmp_pa
 
 def test_ae_head_refusals(tmp_path, ae_file):
     path, _ = ae_file
-    with pytest.raises(UserError, match="512") as e:
-        load_config("fmnist-tiny", SIM + ["backbone=resnet50", f"head.ae_checkpoint={path}"])
-    assert "resnet18/resnet34" in str(e.value)
     with pytest.raises(UserError, match="latent size is 128"):
         cfg = load_config("fmnist-tiny", SIM + [f"head.ae_checkpoint={path}",
                                                 "head.hidden_dim=256"])
@@ -131,8 +129,26 @@ def test_ae_head_refusals(tmp_path, ae_file):
     from train.autoencoder import attach_ae_embedding
 
     cfg = load_config("fmnist-tiny", SIM + [f"head.ae_checkpoint={path}"])
-    with pytest.raises(UserError, match="takes 512 inputs but the backbone gives 2048"):
+    with pytest.raises(UserError, match="takes 512 inputs but the backbone gives 2048") as e:
         attach_ae_embedding(None, cfg, 2048)
+    assert "resnet18/resnet34" in str(e.value)
+
+
+def test_ae_hidden_width_follows_a_narrow_backbone(tmp_path):
+    """Without head.ae_checkpoint the autoencoder's hidden width is the backbone's m (here
+    128: ResNet-18 at width 1/4), so its embedding layer fits; a 128-wide file refuses m=512."""
+    cfg = load_config("fmnist-tiny", SIM + ["width=0.25", "head.hidden_dim=16",
+                                            "head.ae_epochs=1"])
+    Trainer(cfg, tmp_path / "narrow", quiet=True).run()
+    emb = load_ae_embedding(tmp_path / "narrow" / "autoencoder" / "autoencoder.pt")
+    assert emb["weight"].shape == (16, 128) and emb["hidden"] == 128
+    from train.autoencoder import attach_ae_embedding
+
+    wide = load_config("fmnist-tiny", SIM + ["head.hidden_dim=16", "head.ae_checkpoint="
+                                             f"{tmp_path / 'narrow' / 'autoencoder' / 'autoencoder.pt'}"])
+    with pytest.raises(UserError, match="takes 128 inputs but the backbone gives 512") as e:
+        attach_ae_embedding(None, wide, 512)
+    assert "hidden=512" in str(e.value)
 
 
 def test_ae_head_without_checkpoint_trains_the_autoencoder_first(tmp_path):

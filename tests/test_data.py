@@ -151,6 +151,16 @@ def test_fashion_mnist_from_tmp_root(tmp_path):
     parent = load_dataset("fashion-mnist", root=tmp_path, val_fraction=0.2, seed=3)
     assert torch.equal(parent.val.labels, ds.val.labels)
 
+    # image_size resizes every split at load time (antialiased, as torchvision's resize)
+    from torchvision.transforms.v2 import functional as TF
+
+    small = load_dataset("fashion-mnist", root=tmp_path / "fashion-mnist", val_fraction=0.2, seed=3,
+                         image_size=16)
+    assert small.train.images.shape[1:] == (3, 16, 16) and small.test.images.dtype == torch.uint8
+    assert torch.equal(small.val.labels, ds.val.labels)
+    expect = TF.resize(ds.test.images.float(), [16, 16], antialias=True).round().clamp(0, 255)
+    assert (small.test.images.float() - expect).abs().max() <= 1
+
 
 def test_fashion_mnist_missing_root_is_one_line(tmp_path):
     with pytest.raises(UserError) as ei:

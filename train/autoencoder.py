@@ -33,9 +33,11 @@ types (loads with ``torch.load(weights_only=True)``), written atomically::
      "history": [{epoch, train_loss, val_loss, lr, seconds}, ...]}
 
 A SimCLR run uses it with ``--set head.kind=ae --set head.ae_checkpoint=PATH``
-(``head.hidden_dim`` must equal the latent size; the backbone must give 512
-features, i.e. ResNet-18/34 at width 1). ``{latent}`` in the path is replaced
-by ``head.hidden_dim``, so one sweep can use one autoencoder per latent size.
+(``head.hidden_dim`` must equal the latent size; the backbone must give as many
+features as the autoencoder's hidden width: 512, S's choice, for ResNet-18/34 at
+width 1; ``hidden=128`` for the width-1/4 ResNet-18 of the CPU-scale analyses).
+``{latent}`` in the path is replaced by ``head.hidden_dim``, so one sweep can use one
+autoencoder per latent size.
 The embedding layer's weight and bias are copied into the head's first Linear
 and, with ``head.ae_frozen`` (the default, as S), that layer's parameters get
 ``requires_grad=False`` before the optimizer is built, so neither gradient
@@ -65,7 +67,6 @@ from train.device import resolve_device
 AE_FORMAT = "repdiag-autoencoder"
 AE_VERSION = 1
 HIDDEN = 512  # pythae's default MLP width; the embedding layer takes 512 inputs
-LATENTS = (128, 256, 512)
 ZSCORE_MODES = ("none", "train", "per-split")
 CHECKPOINT_NAME = "autoencoder.pt"
 
@@ -83,6 +84,9 @@ class AEConfig:
     image_size: int | None = None  # dataset option: resize at load (S: 128 for Imagenette/FGVC)
     label_level: str | None = None  # FGVC-Aircraft: variant / family / manufacturer
     latent: int = 512
+    # the encoder's first layer width = the embedding layer's input width; it must equal the
+    # SimCLR backbone's feature size (S: 512, ResNet-18/34 at width 1)
+    hidden: int = HIDDEN
     epochs: int = 100
     lr: float = 1e-4
     batch_size: int = 100
@@ -98,8 +102,9 @@ class AEConfig:
 
 
 def validate_ae_config(cfg: AEConfig) -> None:
-    if cfg.latent not in LATENTS:
-        raise UserError(f"latent must be one of {', '.join(map(str, LATENTS))}, got {cfg.latent}")
+    for name in ("latent", "hidden"):
+        if isinstance(getattr(cfg, name), bool) or getattr(cfg, name) < 1:
+            raise UserError(f"{name} must be a positive integer, got {getattr(cfg, name)}")
     if cfg.zscore not in ZSCORE_MODES:
         raise UserError(f"unknown zscore '{cfg.zscore}'; known: {', '.join(ZSCORE_MODES)}")
     check_dataset_options(cfg.data, dataset_kwargs(cfg.to_dict()))
@@ -128,7 +133,7 @@ def make_ae_config(data: str | None, overrides=()) -> AEConfig:
 
 
 class ShallowAutoencoder(nn.Module):
-    """pythae's default MLP autoencoder; ``embedding`` is encoder Linear(512, latent)."""
+    """pythae's default MLP autoencoder; ``embedding`` is encoder Linear(hidden, latent)."""
 
     def __init__(self, pixels: int, latent: int, hidden: int = HIDDEN):
         super().__init__()
@@ -227,7 +232,7 @@ def train_autoencoder(cfg: AEConfig, out_dir: str | os.PathLike, *, quiet: bool 
     image_size, pixels = int(sample.shape[-1]), int(sample[0].numel())
 
     torch.manual_seed(cfg.seed)
-    model = ShallowAutoencoder(pixels, cfg.latent).to(device)
+    model = ShallowAutoencoder(pixels, cfg.latent, cfg.hidden).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.factor,
                                                          patience=cfg.patience)
@@ -285,7 +290,7 @@ def _checkpoint(model, cfg, stats, image_size, pixels, best, best_epoch, epoch, 
         "version": AE_VERSION,
         "config": cfg.to_dict(),
         "latent": int(cfg.latent),
-        "hidden": HIDDEN,
+        "hidden": int(cfg.hidden),
         "image_size": int(image_size),
         "pixels": int(pixels),
         "embedding": {"weight": emb.weight.detach().cpu().clone(),
@@ -303,7 +308,7 @@ def _checkpoint(model, cfg, stats, image_size, pixels, best, best_epoch, epoch, 
 
 # ---------------------------------------------------------------------- the "ae" head
 def load_ae_embedding(path: str | os.PathLike) -> dict:
-    """{"weight": (latent, 512), "bias": (latent,), "latent": int} from an autoencoder file."""
+    """{"weight": (latent, hidden), "bias", "latent", "hidden"} from an autoencoder file."""
     raw = safe_torch_load(path, "autoencoder checkpoint")
     if not (isinstance(raw, dict) and raw.get("format") == AE_FORMAT):
         raise UserError(f"{path}: not an autoencoder checkpoint written by `repdiag train-ae`")
@@ -311,10 +316,10 @@ def load_ae_embedding(path: str | os.PathLike) -> dict:
         w, b = raw["embedding"]["weight"], raw["embedding"]["bias"]
     except (KeyError, TypeError):
         raise UserError(f"{path}: damaged autoencoder checkpoint (no embedding layer)") from None
-    if not (isinstance(w, torch.Tensor) and w.ndim == 2 and w.shape[1] == HIDDEN
+    if not (isinstance(w, torch.Tensor) and w.ndim == 2
             and isinstance(b, torch.Tensor) and tuple(b.shape) == (w.shape[0],)):
         raise UserError(f"{path}: damaged autoencoder checkpoint (embedding layer shape)")
-    return {"weight": w, "bias": b, "latent": int(w.shape[0])}
+    return {"weight": w, "bias": b, "latent": int(w.shape[0]), "hidden": int(w.shape[1])}
 
 
 def ae_checkpoint_path(template: str, hidden_dim: int) -> str:
@@ -330,17 +335,18 @@ def attach_ae_embedding(head: nn.Module, cfg, feature_dim: int, *, load: bool = 
     h = cfg.head
     if h.kind != "ae":
         return
-    if feature_dim != HIDDEN:
-        raise UserError(f"head.kind=ae: the autoencoder embedding layer takes {HIDDEN} inputs but "
-                        f"the backbone gives {feature_dim} features; use resnet18/resnet34 at "
-                        "width 1")
     if not h.ae_checkpoint:
         raise UserError("head.kind=ae needs the autoencoder file: --set head.ae_checkpoint=PATH")
+    emb = load_ae_embedding(ae_checkpoint_path(h.ae_checkpoint, h.hidden_dim)) if load else None
+    if emb is not None and emb["hidden"] != feature_dim:
+        hint = ("use resnet18/resnet34 at width 1" if emb["hidden"] == HIDDEN else
+                f"train the autoencoder with hidden={feature_dim}")
+        raise UserError(f"head.kind=ae: the autoencoder embedding layer takes {emb['hidden']} inputs "
+                        f"but the backbone gives {feature_dim} features; {hint}")
     first = head.first_linear()
     if first is None or first.bias is None:
         raise UserError("head.kind=ae needs head.bias=true (the embedding layer has a bias)")
-    if load:
-        emb = load_ae_embedding(ae_checkpoint_path(h.ae_checkpoint, h.hidden_dim))
+    if emb is not None:
         if emb["latent"] != h.hidden_dim:
             raise UserError(f"head.kind=ae: the autoencoder's latent size is {emb['latent']} but "
                             f"head.hidden_dim={h.hidden_dim}; set --set "

@@ -436,11 +436,6 @@ def validate_ae_and_pretrained(cfg: TrainConfig) -> None:
     if cfg.head.kind == "ae":
         if cfg.head.ae_epochs < 1:
             raise UserError(f"head.ae_epochs must be at least 1, got {cfg.head.ae_epochs}")
-        if cfg.backbone not in ("resnet18", "resnet34") or cfg.width != 1:
-            raise UserError(
-                f"head.kind=ae: the autoencoder embedding layer takes 512 inputs but "
-                f"{cfg.backbone} at width {cfg.width:g} does not give 512 features; "
-                "use resnet18/resnet34 at width 1")
     if cfg.pretrained_backbone is not None:
         if cfg.pretrained_backbone != "imagenet":
             raise UserError(f"unknown pretrained_backbone '{cfg.pretrained_backbone}'; "

@@ -164,6 +164,7 @@ class Trainer:
                                        image_size=cfg.image_size,
                                        label_level=cfg.label_level,
                                        latent=cfg.head.hidden_dim, epochs=cfg.head.ae_epochs,
+                                       hidden=self.backbone.feature_dim,
                                        seed=cfg.seed, device=cfg.device), ae_dir, quiet=self.quiet)
         return str(path)
 

@@ -109,9 +109,12 @@ def _read_fashion_split(directory: Path, split: str) -> ImageSplit:
 
 @register("fashion-mnist")
 def load_fashion_mnist(
-    *, root: Path | None, seed: int, download: bool = True
+    *, root: Path | None, seed: int, download: bool = True, image_size: int | None = None
 ) -> tuple[ImageSplit, ImageSplit]:
-    """Fashion-MNIST from the four (optionally gzipped) IDX files.
+    """Fashion-MNIST (60000/10000, 28 px) from the four (optionally gzipped) IDX files.
+
+    ``image_size`` resizes every image (antialiased) at load time, e.g. 16 for the
+    CPU-scale analyses.
 
     Looked for in ``root`` if given, else ``$REPDIAG_DATA/fashion-mnist``,
     ``/usr/share/datasets/fashion-mnist`` (Debian package
@@ -146,7 +149,11 @@ def load_fashion_mnist(
         directory = _fashion_dir(dirs)
         if directory is None:  # torchvision put the files somewhere unexpected
             raise UserError(f"dataset 'fashion-mnist' not found (looked in: {where}); {hint}")
-    return _read_fashion_split(directory, "train"), _read_fashion_split(directory, "test")
+    splits = [_read_fashion_split(directory, split) for split in ("train", "test")]
+    if image_size is not None:
+        size = check_image_size(image_size)
+        splits = [ImageSplit(resize_batch(s.images, size), s.labels, s.classes) for s in splits]
+    return splits[0], splits[1]
 
 
 # --------------------------------------------------------------------------- CIFAR / STL-10
