@@ -53,7 +53,10 @@ def add_diagnostic_parsers(sub) -> None:
         p.add_argument("--data", help="dataset name (default: the one in the checkpoint)")
         p.add_argument("--data-root", help="folder holding the dataset")
         p.add_argument("--limit", type=int, help="cap each split at this many images")
-        p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (feature extraction)")
+        p.add_argument("--device", default="cpu",
+                       help="cpu, cuda or cuda:N (feature extraction; for tsne also the t-SNE: on "
+                            "cuda it runs in torch with exact gradients)" if name == "tsne"
+                       else "cpu, cuda or cuda:N (feature extraction)")
         p.add_argument("--normalize", default="auto", choices=("auto", "none", "imagenet"),
                        help="input normalisation for extraction (auto: from the checkpoint)")
         p.add_argument("--no-cache", action="store_true", help="do not read/write the feature cache")
@@ -83,6 +86,9 @@ def add_diagnostic_parsers(sub) -> None:
                            help="random subset size for the map (default 5000)")
             p.add_argument("--perplexity", type=float, default=30.0,
                            help="t-SNE perplexity (default 30, openTSNE's)")
+            p.add_argument("--backend", choices=("auto", "opentsne", "torch"), default="auto",
+                           help="t-SNE optimiser: openTSNE (Barnes-Hut/FFT) or exact-gradient torch "
+                                "(default auto: torch on cuda up to 20,000 points, else openTSNE)")
         p.set_defaults(func=func)
 
 
@@ -326,6 +332,7 @@ def run_tsne(args: argparse.Namespace) -> int:
     from repdiag.diagnostics import tsne
     from repdiag.plots import save_figure, tsne_figure
 
+    check_device(args.device)
     names = diagnose._parse_on(args.on, ("h", "z")) if args.on else None
     if args.max_points < 10:
         raise UserError(f"--max-points must be at least 10, got {args.max_points}")
@@ -342,12 +349,16 @@ def run_tsne(args: argparse.Namespace) -> int:
             x = fs.h if feat == "h" else fs.z
             if x is None:
                 raise UserError(f"{lab}: no z (head output) in these features; use --on h")
-            res = tsne(x[idx], fs.y[idx], perplexity=args.perplexity)
+            res = tsne(x[idx], fs.y[idx], perplexity=args.perplexity, device=args.device,
+                       backend=None if args.backend == "auto" else args.backend)
             stem = out / f"tsne_{fig_stem}_{feat}"
             paths = save_figure(tsne_figure(res.embedding, res.labels, title=f"t-SNE of {feat}: {lab}"),
                                 stem)
-            rep[feat] = {"n": res.n, "figure": [str(p) for p in paths]}
-            rows.append({"model": lab, "features": feat, "points": res.n, "figure": str(paths[0])})
+            kl = res.params.get("kl_divergence")
+            rep[feat] = {"n": res.n, "figure": [str(p) for p in paths], "backend": res.params["backend"],
+                         "kl_divergence": kl}
+            rows.append({"model": lab, "features": feat, "points": res.n, "backend": res.params["backend"],
+                         "KL": "" if kl is None else f"{kl:.4f}", "figure": str(paths[0])})
         reports.append(rep)
     _emit(args, reports, labels, pd.DataFrame(rows))
     return 0

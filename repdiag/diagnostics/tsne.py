@@ -1,9 +1,11 @@
-"""t-SNE map of a feature set with openTSNE (paper G Fig. 1)."""
+"""t-SNE map of a feature set (paper G Fig. 1): openTSNE on the CPU, exact-gradient torch on a GPU."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import sys
 from typing import Any
 
 import numpy as np
@@ -42,9 +44,32 @@ def exact_affinities(X: torch.Tensor, perplexity: float, *, n_jobs: int = 1, see
                              random_state=int(seed))
 
 
+EXACT_LIMIT = 20_000
+
+
+def resolve_device(device: Any) -> torch.device | None:
+    """``None`` or a checked torch.device for ``device`` (None, "cpu", "cuda", "cuda:N" or a
+    torch.device); a CUDA device this machine does not have is a UserError, raised before any work."""
+    if device is None:
+        return None
+    name = str(device)
+    if name != "cpu" and not re.fullmatch(r"cuda(:\d+)?", name):
+        raise UserError(f"unknown t-SNE device {name!r}; use cpu, cuda or cuda:N")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"t-SNE on device {name!r}: no CUDA device is available on this machine; "
+                            "use device cpu")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UserError(f"t-SNE on device {name!r}: this machine has {torch.cuda.device_count()} "
+                            "CUDA device(s)")
+    return torch.device(name)
+
+
 def tsne(X: Any, labels: Any = None, *, n_jobs: int | None = None, perplexity: float = 30,
-         seed: int = 0, neighbors: str = "exact", **kw: Any) -> TSNEResult:
-    """openTSNE map of X (N×m) to 2-D, PCA initialisation (paper G Fig. 1 uses t-SNE).
+         seed: int = 0, neighbors: str = "exact", device: Any = None, backend: str | None = None,
+         exact_limit: int = EXACT_LIMIT, **kw: Any) -> TSNEResult:
+    """t-SNE map of X (N×m) to 2-D, PCA initialisation (paper G Fig. 1 uses t-SNE).
 
     The input affinities p_{j|i} ∝ exp(−‖x_i − x_j‖²/2σ_i²) (perplexity-calibrated
     σ_i, symmetrised) are built from the ⌊3·perplexity⌋ nearest neighbours of each
@@ -54,15 +79,46 @@ def tsne(X: Any, labels: Any = None, *, n_jobs: int | None = None, perplexity: f
     openTSNE's approximate Annoy index takes about 21 s.  ``neighbors="annoy"``
     (or any other openTSNE method) leaves the search to openTSNE.
 
+    Two optimisers, on the same affinities:
+
+    - ``backend="opentsne"`` (the default for ``device`` None or "cpu"):
+      openTSNE's Barnes-Hut (N < 10,000) or FFT-interpolated gradient.
+    - ``backend="torch"`` (the default for ``device="cuda"``/``"cuda:N"``;
+      on the CPU when asked for explicitly): the exact gradient in torch with
+      openTSNE's defaults and optimiser, :mod:`repdiag.diagnostics.tsne_torch`.
+      Above ``exact_limit`` points (default 20,000) on a GPU the exact gradient's
+      O(N²) cost loses to openTSNE's O(N) one: openTSNE runs on the host instead,
+      with a one-line notice on stderr.
+
+    ``device`` naming a CUDA device this machine lacks is a UserError, before any
+    work.  ``params`` in the result say which backend ran (``"backend"``) and,
+    for N ≤ ``exact_limit``, the final KL(P‖Q) computed exactly on the embedding
+    (``"kl_divergence"``, :func:`~repdiag.diagnostics.tsne_torch.kl_divergence`),
+    the same formula for both backends.
+
     ``n_jobs`` defaults to ``os.cpu_count()`` (openTSNE's own default is 1), and the
     BLAS/OpenMP thread pools are limited to the same number while it runs
-    (openTSNE's ``n_jobs`` alone does not bound them).  ``random_state=seed``.
+    (openTSNE's ``n_jobs`` alone does not bound them), and torch's intra-op
+    threads to min(n_jobs, ``torch.get_num_threads()``), so a caller's lower torch
+    setting stands (on a busy machine one thread can be many times faster than two
+    spinning OpenMP threads for these small per-element kernels).  ``random_state=seed``.
     Other keyword arguments go to ``openTSNE.TSNE`` (e.g. ``n_iter``,
-    ``early_exaggeration_iter``, ``learning_rate``, ``negative_gradient_method``).
+    ``early_exaggeration_iter``, ``learning_rate``, ``negative_gradient_method``) or,
+    for the torch backend, to :func:`~repdiag.diagnostics.tsne_torch.optimize`
+    (the same names, plus ``chunk_size`` and ``dtype``).
     """
     import openTSNE
     from threadpoolctl import threadpool_limits
 
+    from repdiag.diagnostics import tsne_torch
+
+    dev = resolve_device(device)
+    if backend is None:
+        backend = "torch" if dev is not None and dev.type == "cuda" else "opentsne"
+    if backend not in ("opentsne", "torch"):
+        raise UserError(f"unknown t-SNE backend {backend!r}; choose opentsne or torch")
+    if isinstance(exact_limit, bool) or not isinstance(exact_limit, int) or exact_limit < 2:
+        raise UserError(f"exact_limit must be an integer >= 2, got {exact_limit!r}")
     X = as_matrix(X, "X", min_rows=2)
     n = X.shape[0]
     lab = None
@@ -73,19 +129,88 @@ def tsne(X: Any, labels: Any = None, *, n_jobs: int | None = None, perplexity: f
     if 3 * perplexity >= n:
         raise UserError(f"perplexity {perplexity} is too large for {n} points (need n > 3*perplexity)")
     jobs = int(n_jobs) if n_jobs is not None else (os.cpu_count() or 1)
+    dev = dev or torch.device("cpu")
+    extra: dict[str, Any] = {}
+    if backend == "torch" and dev.type == "cuda" and n > exact_limit:
+        print(f"repdiag: t-SNE of {n} points is above the exact-gradient GPU limit ({exact_limit}); "
+              "optimising with openTSNE on the host instead", file=sys.stderr, flush=True)
+        backend, extra["fallback"] = "opentsne", f"N > exact_limit={exact_limit}"
     params = {"perplexity": float(perplexity), "initialization": "pca", "n_jobs": jobs,
               "random_state": int(seed), **kw}
     params.setdefault("n_components", 2)
+    if backend == "torch":
+        run = _torch_options(params)
+    else:
+        data = X.detach().cpu().to(torch.float64).numpy()
+        try:
+            t = openTSNE.TSNE(**params, neighbors=neighbors if neighbors != "exact" else "auto")
+        except TypeError as e:
+            raise UserError(f"bad t-SNE option: {e}") from None
+    threads = torch.get_num_threads()
+    try:
+        with threadpool_limits(limits=jobs):
+            torch.set_num_threads(min(jobs, threads))
+            if neighbors == "exact":
+                affinities = exact_affinities(X.to(dev), perplexity, n_jobs=jobs, seed=seed)
+            elif backend == "torch":
+                affinities = _opentsne_affinities(X, perplexity, neighbors, jobs, seed)
+            else:
+                affinities = None
+            if backend == "torch":
+                Xd = X.to(dev)
+                if isinstance(run["init"], str) and run["init"] == "pca":
+                    init = tsne_torch.pca_initialization(Xd, run["n_components"], seed)
+                elif isinstance(run["init"], str):
+                    init = torch.from_numpy(np.random.RandomState(seed).normal(
+                        0, 1e-4, (n, run["n_components"])))
+                else:
+                    init = run["init"]
+                emb_t, info = tsne_torch.optimize(affinities.P, init, device=dev, **run["opts"])
+                emb = emb_t.cpu().to(torch.float64).numpy()
+                extra.update(info)
+            else:
+                result = t.fit(data, affinities=affinities)
+                emb = np.array(result, dtype=np.float64)
+                extra["kl_divergence_opentsne"] = float(result.kl_divergence)
+                if n <= exact_limit:
+                    P = (affinities if affinities is not None else result.affinities).P
+                    extra["kl_divergence"] = tsne_torch.kl_divergence(P, torch.from_numpy(emb))
+    finally:
+        torch.set_num_threads(threads)
+    plain = {k: (v if isinstance(v, (str, int, float, bool, type(None))) else repr(v))
+             for k, v in {**params, "neighbors": neighbors, "backend": backend,
+                          "device": str(dev) if backend == "torch" else "cpu", **extra}.items()}
+    return TSNEResult(embedding=emb, labels=lab, params=plain, n=int(n))
+
+
+def _torch_options(params: dict) -> dict:
+    """Split tsne()'s keyword arguments into the torch optimiser's options, refusing unknown ones."""
+    from repdiag.diagnostics.tsne_torch import DEFAULTS
+
+    allowed = set(DEFAULTS) | {"chunk_size", "dtype"}
+    ignored = {"perplexity", "n_jobs", "random_state"}
+    bad = sorted(set(params) - allowed - ignored)
+    if bad:
+        raise UserError(f"bad t-SNE option for the torch backend: {', '.join(bad)} "
+                        f"(it takes {', '.join(sorted(allowed))})")
+    n_components = params.get("n_components", 2)
+    if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
+        raise UserError(f"n_components must be a positive integer, got {n_components!r}")
+    init = params.get("initialization", "pca")
+    if isinstance(init, str) and init not in ("pca", "random"):
+        raise UserError(f"the torch t-SNE takes initialization 'pca', 'random' or an array, got {init!r}")
+    opts = {k: v for k, v in params.items()
+            if k in allowed and k not in ("n_components", "initialization")}
+    return {"n_components": n_components, "init": init, "opts": opts}
+
+
+def _opentsne_affinities(X: torch.Tensor, perplexity: float, method: str, jobs: int, seed: int):
+    """openTSNE's own perplexity affinities with neighbour search ``method`` (e.g. annoy)."""
+    from openTSNE.affinity import PerplexityBasedNN
+
     data = X.detach().cpu().to(torch.float64).numpy()
     try:
-        t = openTSNE.TSNE(**params, neighbors=neighbors if neighbors != "exact" else "auto")
-    except TypeError as e:
-        raise UserError(f"bad t-SNE option: {e}") from None
-    with threadpool_limits(limits=jobs):
-        affinities = None
-        if neighbors == "exact":
-            affinities = exact_affinities(X, perplexity, n_jobs=jobs, seed=seed)
-        emb = t.fit(data, affinities=affinities)
-    plain = {k: (v if isinstance(v, (str, int, float, bool, type(None))) else repr(v))
-             for k, v in {**params, "neighbors": neighbors}.items()}
-    return TSNEResult(embedding=np.array(emb, dtype=np.float64), labels=lab, params=plain, n=int(n))
+        return PerplexityBasedNN(data, perplexity=float(perplexity), method=method, n_jobs=jobs,
+                                 random_state=int(seed))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"bad t-SNE neighbour option {method!r}: {e}") from None
