@@ -20,6 +20,7 @@ each 2-D embedding.
 
     .venv/bin/python bench/bench_diagnostics.py            # full size (long on 2 cores)
     .venv/bin/python bench/bench_diagnostics.py --scale 0.2 --no-tsne
+    .venv/bin/python bench/bench_diagnostics.py --device cuda   # repdiag's t-SNE on the GPU
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def run_baseline(htr, ytr, hte, yte, a, tsne_n, do_tsne, t: Timer) -> dict:
     return acc
 
 
-def run_repdiag(htr, ytr, hte, yte, a, tsne_n, do_tsne, t: Timer) -> dict:
+def run_repdiag(htr, ytr, hte, yte, a, tsne_n, do_tsne, t: Timer, tsne_device: str = "cpu") -> dict:
     import repdiag
 
     ztr, zte = htr @ a.T, hte @ a.T
@@ -108,7 +109,7 @@ def run_repdiag(htr, ytr, hte, yte, a, tsne_n, do_tsne, t: Timer) -> dict:
     acc.update({f"linear_{k}": v.accuracy for k, v in trio.items()})
     acc["linear_z"] = t("linear", repdiag.linear_probe, ztr, ytr, zte, yte).accuracy
     if do_tsne:
-        res = t("tsne", repdiag.tsne, hte[:tsne_n])
+        res = t("tsne", repdiag.tsne, hte[:tsne_n], device=tsne_device)
         acc["tsne_map_10nn"] = map_accuracy(res.embedding, yte[:tsne_n])
     return acc
 
@@ -138,15 +139,26 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of 50k/10k samples")
     ap.add_argument("--dim", type=int, default=2048)
     ap.add_argument("--no-tsne", action="store_true")
+    ap.add_argument("--device", default="cpu",
+                    help="device of repdiag's t-SNE step (cuda: exact-gradient torch t-SNE; "
+                         "see bench_tsne.py for the t-SNE comparison on its own)")
     ap.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args()
+    if args.device != "cpu" and not args.no_tsne:
+        from repdiag.diagnostics.tsne import resolve_device
+        from repdiag.errors import UserError
+
+        try:
+            resolve_device(args.device)  # before any work
+        except UserError as e:
+            raise SystemExit(f"bench_diagnostics: {e}") from None
     n_train, n_test = int(50_000 * args.scale), int(10_000 * args.scale)
     tsne_n = min(10_000, n_test)
     htr, ytr, hte, yte, a = make_features(n_train, n_test, args.dim, 128, 10)
     print(f"features: train {tuple(htr.shape)}, test {tuple(hte.shape)}, head {tuple(a.shape)}; "
           f"threads {torch.get_num_threads()}, cores {os.cpu_count()}")
     tb, tr = Timer(), Timer()
-    acc_r = run_repdiag(htr, ytr, hte, yte, a, tsne_n, not args.no_tsne, tr)
+    acc_r = run_repdiag(htr, ytr, hte, yte, a, tsne_n, not args.no_tsne, tr, tsne_device=args.device)
     acc_b = run_baseline(htr, ytr, hte, yte, a, tsne_n, not args.no_tsne, tb)
     rate = gemm_rate(args.dim)
     r = a.shape[0]

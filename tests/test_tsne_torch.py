@@ -75,6 +75,17 @@ def test_chunked_equals_unchunked():
     assert abs(tt.kl_divergence(aff.P, a, chunk_size=5) - ia["kl_divergence"]) < 1e-12
 
 
+def test_segmented_sum_equals_scatter_add():
+    """The CUDA default sums the attraction per row with segment_reduce (no atomics); same numbers."""
+    x, _ = _blobs(150, d=10, k=3)
+    P = exact_affinities(torch.from_numpy(x), 10).P
+    Yt = torch.from_numpy(np.random.default_rng(2).standard_normal((2, 150)))
+    cpu = torch.device("cpu")
+    a = tt._attraction(tt._pairs(P, 150, cpu, torch.float64, segmented=False), Yt)
+    b = tt._attraction(tt._pairs(P, 150, cpu, torch.float64, segmented=True), Yt)
+    assert (a - b).abs().max() < 1e-15
+
+
 def test_initialization_and_steps_are_opentsnes():
     """PCA init equals openTSNE's; from the same start, with openTSNE's Barnes-Hut at θ = 0 (exact
     for embeddings not squeezed to 1e-4), both optimisers take the same steps: same gains, momentum,

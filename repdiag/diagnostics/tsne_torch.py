@@ -14,9 +14,10 @@ and its gradient is their eq. 5::
 The input affinities P are the sparse, symmetric, unit-sum matrix openTSNE
 builds (:func:`repdiag.diagnostics.tsne.exact_affinities`), so the attractive
 part Σ_j p_ij w_ij (y_i − y_j) is a sum over P's non-zeros, and the repulsive
-part Σ_j w_ij² (y_i − y_j) / Z over all pairs is computed exactly, ``chunk_size``
-rows at a time: memory is O(chunk·N), never an N×N matrix unless it fits the
-budget (a whole N×N block on a GPU for N up to about 20,000).
+part Σ_j w_ij² (y_i − y_j) / Z over all pairs is computed exactly, once per
+unordered pair, in strips of ``chunk_size`` rows: memory is O(chunk·N), never an
+N×N matrix unless it fits the budget (blocks of 2^19 elements on the CPU, 2^26
+on a GPU, where the whole upper triangle is one strip up to N ≈ 8,000).
 
 The optimiser reproduces openTSNE 1.0.4's ``gradient_descent`` step by step
 (read from its source): its gradient is ∂C/∂y / 4 (the factor 4 of eq. 5 is
@@ -25,7 +26,8 @@ gains (+0.2 where the gradient's sign differs from the previous update's, else
 ×0.8 + ``min_gain``); ``update = momentum·update − lr·gains·grad``, each row's
 update clipped to norm ``max_step_norm`` (5); the embedding re-centred after
 every step; learning rate ``"auto"`` = N / exaggeration in each phase;
-early exaggeration 12 for 250 iterations, then 500 iterations without
+early exaggeration 12 (openTSNE's "auto": max(12, exaggeration)) for 250
+iterations, then 500 iterations without
 exaggeration, momentum 0.8 in both phases (openTSNE's ``initial_momentum`` and
 ``final_momentum`` defaults); gains and update carried from one phase to the next.
 The initialisation is openTSNE's ``initialization.pca``: the top principal
@@ -52,7 +54,7 @@ DEFAULTS = {
     "n_components": 2,
     "n_iter": 500,
     "early_exaggeration_iter": 250,
-    "early_exaggeration": 12.0,
+    "early_exaggeration": "auto",
     "exaggeration": None,
     "learning_rate": "auto",
     "initial_momentum": 0.8,
@@ -108,40 +110,57 @@ def sparse_coo(P: Any, n: int, device: torch.device, dtype: torch.dtype):
     return rows, cols, vals
 
 
-def _pairs(P: Any, n: int, device: torch.device, dtype: torch.dtype) -> tuple:
-    """(i, j, p̄_ij, scatter index) over the pairs i < j of p̄ = (P + Pᵀ)/2, for :func:`_attraction`.
+def _pairs(P: Any, n: int, device: torch.device, dtype: torch.dtype, segmented: bool | None = None
+           ) -> tuple:
+    """P's non-zeros prepared for :func:`_attraction`.
 
     −Σ p_kl log w_kl has the same gradient for P and for its symmetric part
-    (w is symmetric), so each unordered pair is evaluated once and used for
-    both ends.  openTSNE's P is symmetric already: p̄ = P exactly.
+    p̄ = (P + Pᵀ)/2 (w is symmetric; openTSNE's P is symmetric already, p̄ = P).
+    Scatter form (the CPU default): the pairs i < j of p̄, each used for both
+    ends, then one ``index_add_``: half the gathers and kernel evaluations.
+    Segmented form (the CUDA default, ``segmented=True``): all entries of p̄
+    sorted by row and summed per row by ``segment_reduce``, with no atomic
+    additions, so the sum's order and a run's numbers repeat exactly.
     """
     import scipy.sparse as sp
 
     coo = _as_coo(P, n)
-    sym = sp.triu((coo + coo.T) * 0.5, k=1).tocoo()
+    sym = ((coo + coo.T) * 0.5).tocsr()
     sym.eliminate_zeros()
-    i = torch.from_numpy(sym.row.astype(np.int64)).to(device)
-    j = torch.from_numpy(sym.col.astype(np.int64)).to(device)
-    v = torch.from_numpy(sym.data).to(device=device, dtype=dtype)
-    return i, j, v, torch.cat([i, j])
+    if segmented is None:
+        segmented = device.type == "cuda"
+    if segmented:
+        full = sym.tocoo()  # CSR order: sorted by row
+        i = torch.from_numpy(full.row.astype(np.int64)).to(device)
+        j = torch.from_numpy(full.col.astype(np.int64)).to(device)
+        v = torch.from_numpy(full.data).to(device=device, dtype=dtype)
+        counts = torch.from_numpy(np.diff(sym.indptr).astype(np.int64)).to(device)
+        return i, j, v, counts, True
+    up = sp.triu(sym, k=1).tocoo()
+    i = torch.from_numpy(up.row.astype(np.int64)).to(device)
+    j = torch.from_numpy(up.col.astype(np.int64)).to(device)
+    v = torch.from_numpy(up.data).to(device=device, dtype=dtype)
+    return i, j, v, torch.cat([i, j]), False
 
 
 def _attraction(pairs: tuple, Yt: torch.Tensor) -> torch.Tensor:
-    """Σ_j p_ij w_ij (y_i − y_j) over P's non-zeros (gather, then one scatter-add).
+    """Σ_j p_ij w_ij (y_i − y_j) over P's non-zeros (gather, then a scatter-add or segment sum).
 
     The embedding is passed transposed (d×N, one contiguous row per coordinate)
     and so is the result: 1-D gathers and reductions are several times faster on
-    the CPU than the same on N×2 rows.  Each pair i < j of the symmetrised P
-    adds p_ij w_ij (y_i − y_j) to row i and its negative to row j.
+    the CPU than the same on N×2 rows.  In scatter form each pair i < j adds
+    p_ij w_ij (y_i − y_j) to row i and its negative to row j (:func:`_pairs`).
     """
-    i, j, vals, scatter = pairs
+    i, j, vals, index, segmented = pairs
     diff = Yt.index_select(1, i) - Yt.index_select(1, j)
     w = diff[0] * diff[0]
     for k in range(1, Yt.shape[0]):  # over embedding dimensions (2), not samples
         w.addcmul_(diff[k], diff[k])
     diff.mul_(w.add_(1).reciprocal_().mul_(vals))
+    if segmented:
+        return torch.segment_reduce(diff.T.contiguous(), "sum", lengths=index, axis=0).T.contiguous()
     diff = torch.cat([diff, -diff], dim=1)
-    return torch.zeros_like(Yt).index_add_(1, scatter, diff)
+    return torch.zeros_like(Yt).index_add_(1, index, diff)
 
 
 def _kernel_block(Y: torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -272,7 +291,7 @@ def pca_initialization(X: torch.Tensor, n_components: int = 2, seed: int = 0) ->
 def optimize(P: Any, init: Any, *, device: str | torch.device | None = None,
              dtype: torch.dtype = torch.float32, chunk_size: int | None = None,
              n_iter: int = 500, early_exaggeration_iter: int = 250,
-             early_exaggeration: float = 12.0, exaggeration: float | None = None,
+             early_exaggeration: float | str = "auto", exaggeration: float | None = None,
              learning_rate: float | str = "auto", initial_momentum: float = 0.8,
              final_momentum: float = 0.8, min_gain: float = 0.01,
              max_step_norm: float | None = 5.0, max_grad_norm: float | None = None,
@@ -293,6 +312,8 @@ def optimize(P: Any, init: Any, *, device: str | torch.device | None = None,
             raise UserError(f"{name} must be a non-negative integer, got {v!r}")
     if not (learning_rate == "auto" or (isinstance(learning_rate, (int, float)) and learning_rate > 0)):
         raise UserError(f"learning_rate must be 'auto' or positive, got {learning_rate!r}")
+    if early_exaggeration == "auto":  # openTSNE.TSNE's rule
+        early_exaggeration = 12.0 if exaggeration is None else max(12.0, float(exaggeration))
     dev = torch.device(device) if device is not None else torch.device("cpu")
     Y = _embedding(init).to(device=dev, dtype=dtype)
     n = Y.shape[0]
