@@ -1,0 +1,91 @@
+"""The analysis scripts end to end at the `smoke` scale (generated data, seconds per run):
+shared and reused runs, the main job's table, outputs with their sidecar, one-line errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script, *args, tmp):
+    cmd = [sys.executable, str(ROOT / "analyses" / script), "--scale", "smoke", "--quiet",
+           "--runs", str(tmp / "runs"), "--out", str(tmp / "figures"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("analyses")
+
+
+def test_main_job_prints_g_table_and_reuses_runs(work):
+    p = run("main_job.py", "--no-report", tmp=work)
+    assert p.returncode == 0, p.stderr
+    assert "rank h" in p.stdout and "kNN h_n" in p.stdout and "lin z" in p.stdout
+    assert "kNN(h) on the test split: trained (MLP head)" in p.stdout
+    # the linear head m -> 8 on m = 64 features: rank z <= 8 and a deficit of at least 56
+    row = next(ln for ln in p.stdout.splitlines() if ln.startswith("linear head"))
+    rank_h, rank_z, deficit = (int(v) for v in row.split()[2:5])  # "linear head" is 2 words
+    assert rank_z <= 8 and deficit == rank_h - rank_z >= 56
+    again = run("main_job.py", "--no-report", tmp=work)
+    assert again.returncode == 0 and again.stderr.count("done already") == 3
+    assert again.stdout.split("main job done")[0] == p.stdout.split("main job done")[0]
+
+
+def test_figure_script_writes_png_pdf_and_sidecar(work):
+    p = run("g_fig2_spectrum_rank.py", "--seeds", "0", tmp=work)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.count("done already") == 3  # the main job's runs are shared
+    out = work / "figures" / "smoke"
+    for name in ("g_fig2_spectrum_rank.png", "g_fig2_spectrum_rank.pdf", "g_fig2_ranks.csv",
+                 "g_fig2_ranks.md"):
+        assert (out / name).stat().st_size > 0
+    meta = json.loads((out / "g_fig2_spectrum_rank.json").read_text())
+    assert meta["scale"] == "smoke" and meta["seeds"] == [0]
+    assert "analyses/g_fig2_spectrum_rank.py --scale smoke" in meta["command"]
+    assert set(meta["configs"]) == {"g/none-s0", "g/linear-s0", "g/mlp-s0"}
+    assert meta["configs"]["g/linear-s0"]["head"]["kind"] == "linear"
+    assert {"git_commit", "machine", "date", "wall_time_s"} <= set(meta)
+    assert not list(out.glob(".*tmp"))
+
+
+def test_s_table6_trains_autoencoder_heads_frozen_and_not(work):
+    p = run("s_table6_frozen.py", "--seeds", "0", tmp=work)
+    assert p.returncode == 0, p.stderr
+    md = (work / "figures" / "smoke" / "s_table6_frozen.md").read_text()
+    assert "| frozen |" in md and "| not frozen |" in md
+    assert (work / "runs" / "smoke" / "s" / "ae-sigmoid-g16-z8-raw-s0" / "autoencoder"
+            / "autoencoder.pt").exists()
+
+
+def test_bad_input_is_one_line(work):
+    p = run("g_fig3_linear_eval.py", "--seeds", "zero", tmp=work)
+    assert p.returncode == 2 and p.stderr.strip() == ("error: --seeds takes a comma list of "
+                                                      "integers, got 'zero'")
+    p = run("g_fig1_tsne.py", "--scale", "paper", tmp=work)
+    assert p.returncode == 2 and "--data-root" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_folder_with_another_config_is_refused(work):
+    p = run("main_job.py", "--no-report", tmp=work)  # makes sure the runs exist
+    cfg = work / "runs" / "smoke" / "g" / "mlp-s0"
+    assert cfg.exists()
+    import shutil
+
+    other = work / "other"
+    shutil.copytree(work / "runs", other / "runs")
+    # pretend the run was made with another head width
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    ck_path = other / "runs" / "smoke" / "g" / "mlp-s0" / "last.pt"
+    ck = torch.load(ck_path, weights_only=False)
+    ck["config"]["head"]["hidden_dim"] = 99
+    torch.save(ck, ck_path)
+    p = run("main_job.py", "--no-report", tmp=other)
+    assert p.returncode == 2 and "holds a run with another config: head.hidden_dim" in p.stderr
+    assert "Traceback" not in p.stderr
