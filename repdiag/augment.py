@@ -227,6 +227,15 @@ class AugmentParams:
     def to(self, device: torch.device | str) -> AugmentParams:
         return AugmentParams(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
 
+    def select(self, index: torch.Tensor) -> AugmentParams:
+        """The parameters of the samples at ``index`` (a long tensor), in that order.
+
+        Lets several processes draw the parameters of a whole global batch from
+        one seeded generator and each apply those of its own slice, so every
+        image gets the augmentation it would get in a single process.
+        """
+        return AugmentParams(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
+
 
 # ----------------------------------------------------------------------------- input checks
 

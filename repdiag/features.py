@@ -28,6 +28,7 @@ import torch
 from repdiag.augment import eval_transform
 from repdiag.checkpoint import Checkpoint, atomic_torch_save, load_checkpoint, safe_torch_load
 from repdiag.errors import UserError
+from repdiag.precision import autocast, resolve_precision
 
 CACHE_VERSION = 2  # 2: no z for checkpoints without a head
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -126,23 +127,31 @@ def _dataset_kwargs(ck: Checkpoint, name: str) -> dict:
 def extract(checkpoint: str | os.PathLike | Checkpoint, data: str | None = None,
             split: str = "test", *, device: str | torch.device = "cpu", batch_size: int = 512,
             normalize: str = "auto", data_root: str | None = None, cache: bool = True,
-            limit: int | None = None, dataset=None) -> FeatureSet:
+            limit: int | None = None, dataset=None, precision: str = "fp32") -> FeatureSet:
     """Backbone features h and head outputs z of one dataset split (DESIGN.md data flow).
 
     ``data`` defaults to the dataset recorded in the checkpoint's config.
     ``dataset`` may pass an already loaded :class:`repdiag.data.Dataset` (or a
     callable returning one, called only when the cache misses).
     Eval mode, no augmentation, batched, no grad; cached on disk.
+    ``precision`` (``fp32``, ``bf16``, ``auto``: :mod:`repdiag.precision`, the
+    trainer's rule) runs the backbone and head forwards under bf16 autocast;
+    the features are returned as float32 either way, and every diagnostic
+    computes in float32 or float64.
     """
     ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     name = data or ck.dataset
     if not name:
         raise UserError(f"{ck.path}: no dataset recorded in the checkpoint; pass --data NAME")
     mean, std = _normalization(ck, normalize)
+    dev = torch.device(device)
+    prec = resolve_precision(precision, dev)
     key = None
     if cache and os.path.isfile(ck.path):
         parts = [CACHE_VERSION, _file_digest(ck.path), name, data_root, split,
                  sorted(_dataset_kwargs(ck, name).items()), limit, mean, std, ck.key_map]
+        if prec != "fp32":  # fp32 keys stay those of earlier versions
+            parts.append(("precision", prec))
         key = hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
         hit = cache_dir() / f"{key}.pt"
         if hit.exists():
@@ -156,15 +165,16 @@ def extract(checkpoint: str | os.PathLike | Checkpoint, data: str | None = None,
     part = ds.split(split)
     if len(part) == 0:
         raise UserError(f"dataset '{name}' split '{split}' is empty")
-    dev = torch.device(device)
     backbone = ck.build_backbone().to(dev)
     head = ck.build_head().to(dev)
     hs, zs = [], []
     for i in range(0, len(part), batch_size):
         x = eval_transform(part.images[i:i + batch_size].to(dev), mean=mean, std=std)
-        h = backbone(x)
+        with autocast(prec, dev):
+            h = backbone(x)
+            z = head(h)
         hs.append(h.float().cpu())
-        zs.append(head(h).float().cpu())
+        zs.append(z.float().cpu())
     for what, parts in (("backbone features h", hs), ("head outputs z", zs)):
         bad = [i for i, t in enumerate(parts) if not torch.isfinite(t).all()]
         if bad:

@@ -59,8 +59,16 @@ def run_train(args: argparse.Namespace) -> int:
             raise UserError("train needs --out DIR")
         cfg = load_config(args.config, args.overrides)
         out, resume = args.out, False
-    final = Trainer(cfg, out, quiet=args.quiet, resume=resume).run()
-    print(json.dumps({"out": str(out), **final}))
+    trainer = Trainer(cfg, out, quiet=args.quiet, resume=resume)
+    try:
+        final = trainer.run()
+    finally:
+        if trainer.world.distributed:  # started by torchrun: leave the process group
+            from train.distributed import shutdown
+
+            shutdown()
+    if trainer.world.is_main:  # one result line, not one per process
+        print(json.dumps({"out": str(out), **final}))
     return 0
 
 

@@ -142,6 +142,21 @@ class TrainConfig:
     temperature: float = 0.5
     seed: int = 0
     device: str = "auto"
+    # how the run computes, not what it trains (none of these changes a paper's setting):
+    # precision fp32 | bf16 | auto (bf16 autocast around the backbone/head forwards on a GPU
+    # that supports it, fp32 on the CPU; losses, bilevel inner steps and PCA/slow refits
+    # stay fp32); channels_last None = on for a CUDA device; compile = torch.compile the
+    # backbone (opt-in); data_on_device None = hold the uint8 training images on the device
+    # when they take at most a quarter of its free memory (always on the CPU), else batches
+    # come from a DataLoader with data_workers workers (None = 4 on a GPU, 0 on the CPU).
+    precision: str = "auto"
+    channels_last: bool | None = None
+    compile: bool = False
+    data_on_device: bool | None = None
+    data_workers: int | None = None
+    # processes the run was trained with (torchrun); written by the trainer, batch_size is
+    # the global batch split evenly over them.
+    world_size: int = 1
     pretrained_backbone: str | None = None  # "imagenet": torchvision weights (paper S)
     save_every: int = 0
     knn_every: int = 1
@@ -309,6 +324,7 @@ def validate(cfg: TrainConfig) -> None:
     validate_ae_and_pretrained(cfg)
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith(("cuda", "mps")):
         raise UserError(f"unknown device '{cfg.device}'; use auto, cpu, cuda or cuda:N")
+    _validate_compute(cfg)
     _validate_scheme(cfg)
 
 
@@ -341,9 +357,15 @@ def _validate_numbers(cfg: TrainConfig) -> None:
             raise UserError(f"augment.{name} is a probability in [0, 1], got {getattr(a, name)}")
 
 
-#: the keys ``--resume`` may change: how long and how the run is monitored, not what it trains
+#: the keys ``--resume`` may change: how long and how the run is monitored or computed, not
+#: what it trains
 RESUMABLE_KEYS = ("epochs", "save_every", "knn_every", "knn_subset", "knn_k", "device",
-                  "data_root")
+                  "data_root", "precision", "channels_last", "compile", "data_on_device",
+                  "data_workers", "world_size")
+
+#: the values of keys added after runs were already written, as those runs were trained: a
+#: checkpoint whose config lacks a key resumes with this value, not the new default
+LEGACY_VALUES = {"precision": "fp32", "channels_last": False, "compile": False, "world_size": 1}
 
 
 def check_resume_overrides(before: TrainConfig, after: TrainConfig, where: str) -> None:
@@ -364,6 +386,17 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def _validate_compute(cfg: TrainConfig) -> None:
+    """Precision, layout, data placement and world size: the keys of how a run computes."""
+    from repdiag.precision import check_precision
+
+    check_precision(cfg.precision)
+    if cfg.data_workers is not None and cfg.data_workers < 0:
+        raise UserError(f"data_workers must be >= 0 (or null for the default), got {cfg.data_workers}")
+    if cfg.world_size < 1:
+        raise UserError(f"world_size must be at least 1, got {cfg.world_size}")
 
 
 def _validate_scheme(cfg: TrainConfig) -> None:

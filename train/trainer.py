@@ -5,6 +5,14 @@ epoch), ``checkpoints/epoch_NNN.pt`` (every ``save_every`` epochs; epoch 000 is
 the untrained model) and ``last.pt``. Randomness per epoch comes from a
 generator seeded by (seed, epoch), so a run stopped after epoch k and resumed
 gives the same tensors as an uninterrupted run on the same device.
+
+How the run computes (none of it changes what it trains): ``precision``
+(bf16 autocast around the backbone/head forwards, :mod:`repdiag.precision`),
+``channels_last``, ``compile``, ``data_on_device`` (the uint8 training images
+held on the device and augmented there in batches, or batches gathered by a
+DataLoader on the CPU: the same batches and views either way) and several
+processes under torchrun (:mod:`train.distributed`). The resolved values are
+kept in each checkpoint's ``extra["runtime"]``.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from repdiag.augment import AugmentConfig, two_views
+from repdiag.augment import AugmentConfig, apply_params, sample_params, two_views
 from repdiag.checkpoint import (
     atomic_torch_save,
     atomic_write_text,
@@ -31,6 +39,7 @@ from repdiag.data import load_dataset
 from repdiag.data.paths import missing_folders, remove_empty_folders
 from repdiag.errors import UserError
 from repdiag.models import BackboneSpec, HeadSpec, build_backbone, build_head, default_cifar_stem
+from repdiag.precision import resolve_precision
 from train.autoencoder import (
     CHECKPOINT_NAME,
     AEConfig,
@@ -38,8 +47,16 @@ from train.autoencoder import (
     train_autoencoder,
     zscore_stats,
 )
-from train.config import TrainConfig, dataset_options, directclr_d0, from_dict, validate
+from train.config import (
+    LEGACY_VALUES,
+    TrainConfig,
+    dataset_options,
+    directclr_d0,
+    from_dict,
+    validate,
+)
 from train.device import resolve_device
+from train.distributed import convert_sync_batchnorm, init_world, wrap_backbone
 from train.monitor import epoch_monitor
 from train.schemes import build_scheme, load_pretrained_head
 
@@ -80,6 +97,24 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+#: data_on_device=auto holds the training images on a GPU when they take at most this
+#: fraction of its free memory
+RESIDENT_FRACTION = 0.25
+
+
+class _Gather(torch.utils.data.Dataset):
+    """``dataset[index_tensor]`` = the uint8 images at those indices (one batch per item)."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        return self.images[index]
+
+
 class Trainer:
     """Trains one run of ``cfg`` into ``out_dir``; ``resume=True`` continues ``out_dir/last.pt``."""
 
@@ -87,9 +122,10 @@ class Trainer:
                  resume: bool = False):
         self.cfg = cfg
         self.out = Path(out_dir)
-        self.quiet = quiet
-        self.device = resolve_device(cfg.device)
-        created = missing_folders(self.out)
+        self.world, self.device = init_world(resolve_device(cfg.device))
+        cfg.world_size = self.world.world_size
+        self.quiet = quiet or not self.world.is_main
+        created = missing_folders(self.out) if self.world.is_main else []
         try:
             self._setup(resume)
         except BaseException:  # a run that could not start leaves no empty folder behind
@@ -103,6 +139,7 @@ class Trainer:
                                  **dataset_options(cfg))
         if len(self.data.train) < 2:
             raise UserError(f"dataset '{cfg.data}' has fewer than 2 training images")
+        self._check_world()
         self.image_size = int(self.data.train.images.shape[-1])
         cifar_stem = cfg.cifar_stem if cfg.cifar_stem is not None else default_cifar_stem(
             self.image_size)
@@ -130,11 +167,22 @@ class Trainer:
                 h.ae_checkpoint = self._train_autoencoder()
 
             attach_ae_embedding(self.head, cfg, self.backbone.feature_dim, load=not resume)
+        if self.world.distributed:  # batch statistics of the global batch (single-process BN)
+            self.backbone = convert_sync_batchnorm(self.backbone, self.device)
+            self.head = convert_sync_batchnorm(self.head, self.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.channels_last = (cfg.channels_last if cfg.channels_last is not None
+                              else self.device.type == "cuda")
         self.backbone.to(self.device)
         self.head.to(self.device)
+        if self.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
         self.input_norm = input_normalization(cfg, self.data)
         self.aug = augment_config(cfg, self.image_size, *self.input_norm)
         self.scheme = build_scheme(cfg, self.backbone, self.head)
+        if self.world.distributed:
+            for m in self.scheme.method.modules():  # SimSiam's predictor
+                convert_sync_batchnorm(m, self.device)
         self.steps_per_epoch = max(1, len(self.data.train) // cfg.batch_size)
         self.scheduler = self._build_scheduler()
         self.epoch = 0
@@ -142,6 +190,52 @@ class Trainer:
         self.metrics: list[dict] = []
         if resume:
             self._restore(self.out / "last.pt")
+        self._place_data()
+        forward = self.backbone
+        if self.world.distributed:
+            forward = wrap_backbone(self.backbone, self.world, self.device)
+        if cfg.compile:
+            forward = torch.compile(forward)
+        self.scheme.distribute(self.world, forward)
+        self.runtime = {"precision": self.precision, "channels_last": self.channels_last,
+                        "compile": bool(cfg.compile), "data_on_device": self.data_on_device,
+                        "data_workers": self.data_workers, "world_size": self.world.world_size,
+                        "device": str(self.device)}
+
+    def _check_world(self) -> None:
+        """What several processes need: a global batch that splits evenly, no files but rank 0's."""
+        cfg, size = self.cfg, self.world.world_size
+        if size == 1:
+            return
+        bs = min(cfg.batch_size, len(self.data.train))
+        if bs % size:
+            raise UserError(f"batch_size is the global batch: {bs} does not split evenly over "
+                            f"{size} processes; use a multiple of {size}")
+        if cfg.head.kind == "ae" and not cfg.head.ae_checkpoint:
+            raise UserError("head.kind=ae with several processes needs head.ae_checkpoint: train "
+                            "the autoencoder first (repdiag train-ae)")
+
+    def _place_data(self) -> None:
+        """Hold the uint8 training images on the device, or serve batches from a DataLoader."""
+        cfg, images = self.cfg, self.data.train.images
+        nbytes = images.numel() * images.element_size()
+        if self.device.type == "cpu":
+            fits, free = True, None
+        elif self.device.type == "cuda":
+            free = torch.cuda.mem_get_info(self.device)[0]
+            fits = nbytes <= RESIDENT_FRACTION * free
+        else:
+            fits, free = False, None
+        resident = fits if cfg.data_on_device is None else cfg.data_on_device
+        if resident and cfg.data_on_device and free is not None and nbytes > free:
+            raise UserError(f"data_on_device=true: the training images take {nbytes / 2**30:.1f} GiB "
+                            f"but {self.device} has {free / 2**30:.1f} GiB free; "
+                            "use data_on_device=false")
+        self.data_on_device = bool(resident)
+        self.train_images = images.to(self.device) if resident else images
+        self.data_workers = (cfg.data_workers if cfg.data_workers is not None
+                             else (0 if self.device.type == "cpu" or resident
+                                   else min(4, os.cpu_count() or 1)))
 
     # ------------------------------------------------------------------ set-up
     def _train_autoencoder(self) -> str:
@@ -169,6 +263,9 @@ class Trainer:
         return str(path)
 
     def _prepare_out_dir(self, resume: bool) -> None:
+        if not self.world.is_main:  # only rank 0 creates files; every rank checks
+            self._check_out_dir(resume)
+            return
         try:
             (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
             probe = self.out / ".write-test"
@@ -178,6 +275,9 @@ class Trainer:
             raise UserError(f"cannot write to --out {self.out}: {e.strerror or e}") from None
         for folder in (self.out, self.out / "checkpoints"):  # left by a killed write
             remove_stale_temp_files(folder)
+        self._check_out_dir(resume)
+
+    def _check_out_dir(self, resume: bool) -> None:
         if resume and not (self.out / "last.pt").exists():
             raise UserError(f"{self.out}: nothing to resume (no last.pt)")
         if not resume and (self.out / "last.pt").exists():
@@ -207,6 +307,11 @@ class Trainer:
         self.scheme.load_extra(ck.extra)
         self.epoch, self.step, self.metrics = ck.epoch, ck.step, list(ck.metrics)
 
+    def _sync_head(self) -> None:
+        """Rank 0's head (and SimSiam predictor) on every rank after an epoch-end update."""
+        if self.world.distributed:
+            self.world.broadcast_module_(self.head, *self.scheme.method.modules())
+
     # ------------------------------------------------------------------ loop
     def run(self) -> dict:
         """Train from the current epoch to ``cfg.epochs``; returns the last metrics line."""
@@ -214,6 +319,7 @@ class Trainer:
         self._rewrite_metrics()
         if self.epoch == 0:
             self.scheme.on_train_start(self)  # e.g. the PCA head of the initial backbone
+            self._sync_head()
         if self.epoch == 0 and self.cfg.save_every:
             self._save(self.out / "checkpoints" / "epoch_000.pt")
         while self.epoch < self.cfg.epochs:
@@ -221,6 +327,7 @@ class Trainer:
             line = self._train_epoch(self.epoch + 1)
             self.epoch += 1
             self.scheme.on_epoch_end(self)
+            self._sync_head()
             # measured on the state the checkpoint holds (after e.g. a PCA refit)
             line["head_rel_change"] = relative_change(head_before, head_vector(self.head))
             line.update(self.scheme.epoch_metrics())
@@ -235,19 +342,52 @@ class Trainer:
                 self._save(self.out / "best.pt")
             if not self.quiet:
                 tqdm.write(format_metrics(line))
+        self.world.barrier()  # no rank finishes before rank 0 has written the last checkpoint
         return self.metrics[-1] if self.metrics else {}
 
     def _epoch_loader(self, epoch: int):
-        """Yield (view1, view2) batches for ``epoch`` from its own seeded generator."""
+        """Yield (view1, view2) batches for ``epoch`` from its own seeded generator.
+
+        The generator draws the epoch's permutation, then for each global
+        batch of B pairs the per-sample parameters of its 2B views (view 1 of
+        every pair, then view 2), exactly as ``two_views`` on the whole batch
+        would. With several processes each rank keeps its slice of the batch
+        and of those parameters. The uint8 images come from the device-resident
+        copy (indexed there) or from a DataLoader over the CPU copy (gathered
+        in its workers, pinned, copied asynchronously); both give the same
+        batches, and the augmentation then runs on the device either way.
+        """
         gen = epoch_generator(self.cfg.seed, epoch)
-        images = self.data.train.images
-        n, bs = len(images), min(self.cfg.batch_size, len(images))
+        n = len(self.data.train)
+        bs = min(self.cfg.batch_size, n)
+        h, w = self.data.train.images.shape[-2:]
+        size, rank = self.world.world_size, self.world.rank
+        lo, hi = rank * bs // size, (rank + 1) * bs // size
         perm = torch.randperm(n, generator=gen)
-        for i in range(self.steps_per_epoch):
-            idx = perm[i * bs:(i + 1) * bs]
-            x = images[idx].to(self.device, non_blocking=True)
-            v1, v2 = two_views(x, self.aug, generator=gen)
-            yield v1, v2
+        batches = [perm[i * bs:(i + 1) * bs][lo:hi] for i in range(self.steps_per_epoch)]
+        rows = torch.cat([torch.arange(lo, hi), torch.arange(bs + lo, bs + hi)])
+        for x in self._batches(batches):
+            params = sample_params(2 * bs, h, w, self.aug, gen, device="cpu")
+            if size > 1:
+                params = params.select(rows)
+            views = apply_params(torch.cat((x, x)), params, self.aug)
+            if self.channels_last:
+                views = views.contiguous(memory_format=torch.channels_last)
+            yield views[:hi - lo], views[hi - lo:]
+
+    def _batches(self, batches: list[torch.Tensor]):
+        """The uint8 images of each index batch, on the device."""
+        if self.data_on_device:
+            for idx in batches:
+                yield self.train_images[idx.to(self.device)]
+            return
+        cuda = self.device.type == "cuda"
+        loader = torch.utils.data.DataLoader(
+            _Gather(self.train_images), sampler=batches, batch_size=None,
+            num_workers=self.data_workers, pin_memory=cuda,
+            persistent_workers=False, prefetch_factor=4 if self.data_workers else None)
+        for x in loader:
+            yield x.to(self.device, non_blocking=cuda)
 
     def _train_epoch(self, epoch: int) -> dict:
         self.backbone.train()
@@ -257,7 +397,7 @@ class Trainer:
         bar = tqdm(self._epoch_loader(epoch), total=self.steps_per_epoch, disable=self.quiet,
                    desc=f"epoch {epoch}/{self.cfg.epochs}", leave=False, dynamic_ncols=True)
         for v1, v2 in bar:
-            loss = self.scheme.train_step(v1, v2)
+            loss = self.world.mean(self.scheme.train_step(v1, v2))
             if not math.isfinite(loss):
                 kept = (f"the last good checkpoint is {self.out / 'last.pt'} (epoch {self.epoch})"
                         if self.epoch else "no checkpoint was written")
@@ -266,8 +406,8 @@ class Trainer:
             if self.scheduler is not None:
                 self.scheduler.step()
             self.step += 1
-            total += loss * v1.shape[0]
-            count += v1.shape[0]
+            total += loss * v1.shape[0] * self.world.world_size
+            count += v1.shape[0] * self.world.world_size
             bar.set_postfix(loss=f"{loss:.4f}")
         seconds = time.perf_counter() - t0
         line = {
@@ -318,7 +458,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ output
     def _save(self, path: Path) -> None:
-        extra = {"scheme": self.cfg.scheme.kind, **self.scheme.extra_state()}
+        if not self.world.is_main:
+            return
+        extra = {"scheme": self.cfg.scheme.kind, **self.scheme.extra_state(),
+                 "runtime": dict(self.runtime)}
         if self.input_norm[0] is not None:
             extra["input_norm"] = {"mean": list(self.input_norm[0]), "std": list(self.input_norm[1])}
         ck = make_checkpoint(
@@ -330,14 +473,20 @@ class Trainer:
         atomic_torch_save(ck, path)
 
     def _write_config(self) -> None:
+        if not self.world.is_main:
+            return
         atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
 
     def _rewrite_metrics(self) -> None:
         """metrics.jsonl holds exactly the epochs in the checkpoint (drops a lost epoch)."""
+        if not self.world.is_main:
+            return
         atomic_write_text(self.out / "metrics.jsonl",
                           "".join(json.dumps(m) + "\n" for m in self.metrics))
 
     def _append_metrics(self, line: dict) -> None:
+        if not self.world.is_main:
+            return
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
             f.flush()
@@ -376,7 +525,9 @@ def format_metrics(line: dict) -> str:
 def config_from_checkpoint(out_dir: str | os.PathLike) -> TrainConfig:
     """The TrainConfig stored in ``out_dir/last.pt`` (for ``--resume``)."""
     ck = load_checkpoint(Path(out_dir) / "last.pt")
-    cfg = from_dict(TrainConfig, ck.config, where=str(Path(out_dir) / "last.pt"))
+    # keys added after the run was written resume with the values it was trained with
+    stored = {**LEGACY_VALUES, **ck.config}
+    cfg = from_dict(TrainConfig, stored, where=str(Path(out_dir) / "last.pt"))
     validate(cfg)
     return cfg
 

@@ -16,8 +16,10 @@ from torch import nn
 
 from repdiag.checkpoint import load_checkpoint
 from repdiag.errors import UserError
+from repdiag.precision import autocast, resolve_precision
 from train.config import TrainConfig
-from train.losses import nt_xent, simsiam_loss
+from train.distributed import SINGLE, World
+from train.losses import nt_xent, nt_xent_sharded, simsiam_loss
 
 
 def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -54,7 +56,18 @@ def frozen_stats(module: nn.Module):
 
 # --------------------------------------------------------------------- methods
 class SimCLRMethod:
-    """NT-Xent with the run's temperature; no parameters of its own."""
+    """NT-Xent with the run's temperature; no parameters of its own.
+
+    With several processes (``self.world``) and ``self.sharded`` (each rank
+    holds a slice of the global batch, as in a training step), the loss is
+    :func:`~train.losses.nt_xent_sharded`: local anchors against the
+    candidates of all ranks. Computations that every rank repeats on the
+    same data (validation, the slow-optimal epoch-end fit) run with
+    ``sharded`` off (:meth:`Scheme.replicated`).
+    """
+
+    world: World = SINGLE
+    sharded: bool = True
 
     def __init__(self, cfg: TrainConfig, dim: int, device: torch.device):
         self.temperature = cfg.temperature
@@ -66,6 +79,8 @@ class SimCLRMethod:
         return []
 
     def loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        if self.world.distributed and self.sharded:
+            return nt_xent_sharded(z1, z2, self.temperature, self.world)
         return nt_xent(z1, z2, self.temperature)
 
     def state(self) -> dict:
@@ -86,8 +101,13 @@ class SimSiamMethod:
 
     The predictor belongs to the method: it is trained with the backbone by the
     scheme's main optimizer (never by a head-only optimizer) and saved in the
-    checkpoint's ``extra["predictor"]``. The loss lies in [-1, 1].
+    checkpoint's ``extra["predictor"]``. The loss lies in [-1, 1]. It is a mean of
+    per-pair terms, so with several processes the mean of the ranks' losses is
+    the global one and DDP's gradient averaging needs no gather.
     """
+
+    world: World = SINGLE
+    sharded: bool = True
 
     def __init__(self, cfg: TrainConfig, dim: int, device: torch.device):
         hidden = cfg.pred_hidden or max(1, dim // 4)
@@ -130,6 +150,13 @@ class Scheme:
     Interface used by the trainer: ``train_step(v1, v2) -> float``,
     ``on_train_start(trainer)`` (before the first epoch of a fresh run),
     ``on_epoch_end(trainer)``, ``extra_state()`` / ``load_extra(extra)``.
+
+    Precision (``cfg.precision``, resolved for the backbone's device): the
+    backbone and head forwards run under bf16 autocast when it resolves to
+    bf16; the head outputs are cast to float32 before the method's loss, which
+    itself runs in float32. ``backbone_forward`` is what training forwards
+    call: the backbone itself, or its DDP wrapper / compiled form
+    (:meth:`distribute`); state dicts always come from ``self.backbone``.
     """
 
     head_in_main_optimizer = True
@@ -144,6 +171,42 @@ class Scheme:
         self.method = METHODS[cfg.method](cfg, head_output_dim(head), self.device)
         self.main_params = [p for p in self.main_parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.main_params, cfg)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.world = SINGLE
+        self.backbone_forward: nn.Module = backbone
+
+    def distribute(self, world: World, backbone_forward: nn.Module | None = None) -> None:
+        """Train as one of ``world``'s ranks; ``backbone_forward`` is the DDP-wrapped backbone."""
+        self.world = world
+        self.method.world = world
+        if backbone_forward is not None:
+            self.backbone_forward = backbone_forward
+
+    def synced_parameters(self) -> list[nn.Parameter]:
+        """Parameters stepped every step whose gradients DDP does not average (head, predictor)."""
+        params = list(self.method.parameters())
+        if self.head_in_main_optimizer:
+            params += list(self.head.parameters())
+        return [p for p in params if p.requires_grad]
+
+    @contextlib.contextmanager
+    def replicated(self):
+        """Every rank computes the same thing on the same data: no cross-rank gather in the loss."""
+        before = self.method.sharded
+        self.method.sharded = False
+        try:
+            yield
+        finally:
+            self.method.sharded = before
+
+    def autocast(self):
+        """bf16 autocast for the backbone/head forwards when the run's precision is bf16."""
+        return autocast(self.precision, self.device)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features of a training batch (``backbone_forward``, under the run's autocast)."""
+        with self.autocast():
+            return self.backbone_forward(x)
 
     def main_parameters(self) -> list[nn.Parameter]:
         params = list(self.backbone.parameters()) + self.method.parameters()
@@ -154,14 +217,24 @@ class Scheme:
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
 
-    def loss_from_h(self, h: torch.Tensor) -> torch.Tensor:
-        """The method's loss of backbone features h = f(cat(v1, v2)) through the head."""
-        z1, z2 = self.head(h).chunk(2)
+    def loss_from_h(self, h: torch.Tensor, *, autocast: bool = True) -> torch.Tensor:
+        """The method's loss of backbone features h = f(cat(v1, v2)) through the head.
+
+        The head runs under the run's autocast (``autocast=False``: in float32,
+        on float32 features, as the bilevel inner steps do); its outputs are
+        cast to float32 before the loss.
+        """
+        if autocast:
+            with self.autocast():
+                z = self.head(h)
+        else:
+            z = self.head(h.float())
+        z1, z2 = z.float().chunk(2)
         return self.method.loss(z1, z2)
 
     def loss(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
         """Both views through the backbone as one batch, then head and method loss."""
-        return self.loss_from_h(self.backbone(torch.cat([v1, v2])))
+        return self.loss_from_h(self.features(torch.cat([v1, v2])))
 
     def train_step(self, v1: torch.Tensor, v2: torch.Tensor) -> float:
         self.optimizer.zero_grad(set_to_none=True)
@@ -169,18 +242,22 @@ class Scheme:
         with frozen_stats(self.head) if self.freeze_head_stats else contextlib.nullcontext():
             loss = self.loss(v1, v2)
             loss.backward()
+        self.world.average_grads_(self.synced_parameters())
         self.optimizer.step()
         return float(loss.detach())
 
     @contextlib.contextmanager
     def evaluating(self):
-        """Backbone, head and the method's modules in eval mode without gradients (restored after)."""
+        """Backbone, head and the method's modules in eval mode without gradients (restored after).
+
+        Every rank evaluates the same data, so the loss is not gathered across ranks.
+        """
         modules = [self.backbone, self.head, *self.method.modules()]
         modes = [m.training for m in modules]
         try:
             for m in modules:
                 m.eval()
-            with torch.no_grad():
+            with torch.no_grad(), self.replicated():
                 yield
         finally:
             for m, mode in zip(modules, modes, strict=True):

@@ -50,6 +50,13 @@ class BilevelScheme(Scheme):
     statistics) but leave the running statistics untouched; the outer forward
     through g_{k+1} updates them once per mini-batch, as a joint step does. So
     with l = 0 a step is exactly a joint step without the head update.
+
+    Precision: the inner steps run in float32 (head on float32 copies of the
+    detached features, no autocast) whatever ``precision`` is; the backbone
+    forward and the outer pass through the head use the run's autocast, as a
+    joint step does. With several processes the inner steps' head gradients
+    are averaged over the ranks (the loss sees the global batch's negatives),
+    so every rank takes the same inner steps and the head stays identical.
     """
 
     head_in_main_optimizer = False
@@ -96,10 +103,11 @@ class BilevelScheme(Scheme):
         if not self.inner_params or self.inner_steps == 0:
             return
         anchor = [p.detach().clone() for p in self.inner_params]
+        h_detached = h_detached.float()
         with frozen_stats(self.head):
             for _ in range(self.inner_steps):
-                loss = self.loss_from_h(h_detached)
-                grads = torch.autograd.grad(loss, self.inner_params)
+                loss = self.loss_from_h(h_detached, autocast=False)
+                grads = self.world.average_(list(torch.autograd.grad(loss, self.inner_params)))
                 if self.inner_optim == "adam":
                     self._adam_update(grads, anchor)
                 else:
@@ -107,10 +115,11 @@ class BilevelScheme(Scheme):
 
     def train_step(self, v1, v2):
         self.optimizer.zero_grad(set_to_none=True)
-        h = self.backbone(torch.cat([v1, v2]))
+        h = self.features(torch.cat([v1, v2]))
         self.inner_loop(h.detach())
         loss = self.loss_from_h(h)
         loss.backward(inputs=self.main_params)
+        self.world.average_grads_(self.synced_parameters())
         self.optimizer.step()
         return float(loss.detach())
 

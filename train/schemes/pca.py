@@ -28,7 +28,8 @@ def principal_directions(h: torch.Tensor, k: int, top: bool) -> PrincipalDirecti
     Eigen-decomposition of the covariance of ``h`` in float64. Top rows are in
     decreasing variance, bottom rows in increasing variance. With fewer
     samples than dimensions the bottom directions lie in the (non-unique) null
-    space of the centred data: see :func:`zero_eigenvalue_cutoff`.
+    space of the centred data: see :func:`zero_eigenvalue_cutoff`. Always
+    float64, whatever the run's ``precision``.
     """
     h = h.double()
     mean = h.mean(0)
@@ -75,6 +76,11 @@ class PCAScheme(Scheme):
     samples than features, or a rank-deficient H as in paper G Fig. 2c) the
     corresponding directions are an arbitrary basis of a zero-variance
     eigenspace, and a warning says so.
+
+    H is computed in float32 without autocast whatever the run's
+    ``precision``. With several processes every rank refits on the same
+    subset and the trainer then broadcasts rank 0's head, so the heads are
+    identical even if two GPUs' eigensolvers disagree in the last bit.
     """
 
     head_in_main_optimizer = False

@@ -30,7 +30,9 @@ class SlowSingleScheme(_HeadOptimizerState, Scheme):
     optimizer (a separate ``cfg.optim`` optimizer, not scheduled) takes exactly
     one step with the accumulated gradient **averaged over the epoch's steps**.
     The head's BatchNorm running statistics (if any) are not updated during
-    the epoch (it normalises with batch statistics).
+    the epoch (it normalises with batch statistics). With several processes
+    the accumulated head gradients are averaged over the ranks before the
+    step (the average of sums is the sum of the per-step global gradients).
     """
 
     head_in_main_optimizer = False
@@ -45,6 +47,7 @@ class SlowSingleScheme(_HeadOptimizerState, Scheme):
         with frozen_stats(self.head):
             loss = self.loss(v1, v2)
             loss.backward()  # head .grad accumulates: nothing zeroes it within the epoch
+        self.world.average_grads_(self.synced_parameters())
         self.optimizer.step()
         self.accumulated += 1
         return float(loss.detach())
@@ -52,6 +55,7 @@ class SlowSingleScheme(_HeadOptimizerState, Scheme):
     @torch.no_grad()
     def on_epoch_end(self, trainer) -> None:
         if self.accumulated:
+            self.world.average_grads_(self.head_parameters())
             for p in self.head_parameters():
                 if p.grad is not None:
                     p.grad.div_(self.accumulated)
@@ -73,6 +77,9 @@ class SlowOptimalScheme(_HeadOptimizerState, Scheme):
     is below ``scheme.slow_tol`` or after ``scheme.slow_max_steps`` steps.
     During the epoch the head is fixed (not in the optimizer, BN statistics
     untouched); during the epoch-end fit its BN layers are in training mode.
+    The fit runs in float32 (no autocast). With several processes every rank
+    runs the same fit on the same subset (the loss is not gathered) and the
+    trainer then broadcasts rank 0's head.
     """
 
     head_in_main_optimizer = False
@@ -140,4 +147,5 @@ class SlowOptimalScheme(_HeadOptimizerState, Scheme):
         if len(trainer.data.train) < 2:
             return
         h1, h2 = self.subset_features(trainer)
-        self.last_fit = self.fit_head(h1, h2)
+        with self.replicated():
+            self.last_fit = self.fit_head(h1.float(), h2.float())
