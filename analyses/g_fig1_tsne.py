@@ -39,13 +39,12 @@ def map_knn_accuracy(emb: np.ndarray, y: np.ndarray, k: int = 10) -> float:
 def compute(ctx: common.Context) -> dict:
     """Maps of seed 0 and the clustering measures of every seed, per head."""
     from repdiag.diagnostics import rank, tsne
-    from repdiag.features import FeatureSource
 
     runs = common.g_head_runs(ctx)
     out = {"maps": {}, "measures": {k: [] for k in runs}, "classes": None}
     for kind, folders in runs.items():
         for i, folder in enumerate(folders):
-            src = FeatureSource(common.last(folder))
+            src = common.source(ctx, common.last(folder))
             test = src.get("test")
             m = {"within_class_share": within_class_share(test.h, test.y),
                  "rankme_h": float(rank(test.h).effective_rank)}

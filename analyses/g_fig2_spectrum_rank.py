@@ -19,13 +19,12 @@ import numpy as np
 def compute(ctx: common.Context) -> dict:
     """Spectra (seed 0) and rank / effective rank of H and Z (every seed) per head."""
     from repdiag.diagnose import rank_report, spectrum_report
-    from repdiag.features import FeatureSource
 
     runs = common.g_head_runs(ctx)
     out = {"spectra": {}, "ranks": {k: [] for k in runs}}
     for kind, folders in runs.items():
         for i, folder in enumerate(folders):
-            src = FeatureSource(common.last(folder))
+            src = common.source(ctx, common.last(folder))
             r = rank_report(src)
             z = r.get("z", r["h"])  # no head: the loss sees h itself
             out["ranks"][kind].append({"rank_h": r["h"]["rank"], "rank_z": z["rank"],

@@ -85,13 +85,12 @@ def main() -> int:
     print(f"\nkNN(h) on the test split: trained (MLP head) {_pct(m['accuracy']['knn']['h'])} % vs "
           f"untrained {_pct(init['knn']['h'])} % ({gain:+.2f} pt)")
     if not args.no_report:
-        from repdiag.features import FeatureSource
         from repdiag.report import build_report, write_report
 
         common.log("writing the report (spectra, ranks, null-space probes, CKA, t-SNE)")
         paths = [common.last(runs[k]) for k in runs] + [common.epoch0(runs["mlp"])]
         labels = [common.G_HEADS[k] for k in runs] + ["untrained backbone"]
-        sources = [FeatureSource(p) for p in paths]
+        sources = [common.source(ctx, p) for p in paths]
         reports = build_report(sources, labels, tsne_points=2000,
                                progress=lambda s: common.log(f"report: {s}"))
         out = ctx.runs / "report"
