@@ -181,3 +181,21 @@ def test_grid_checkpoint_choice_is_checked(tmp_path, capsys):
     g.write_text("base: fmnist-tiny\ncheckpoint: peak\n")
     assert main(["sweep", str(g), "--out", str(tmp_path / "s"), "--quiet"]) == 2
     assert "'checkpoint' must be best" in capsys.readouterr().err
+
+
+def test_fields_the_trainer_fills_in_do_not_count_as_a_config_change():
+    """A run left with head.d0 / head.ae_checkpoint unset gets them written back by the
+    trainer; asking for the same run again (unset) reuses it, another explicit value does not."""
+    from train.sweep import _config_difference
+
+    stored = {"seed": 0, "head": {"kind": "ae", "ae_checkpoint": "run/autoencoder/autoencoder.pt",
+                                  "d0": None, "hidden_dim": 32}}
+    wanted = {"seed": 0, "head": {"kind": "ae", "ae_checkpoint": None, "d0": None, "hidden_dim": 32}}
+    assert _config_difference(stored, wanted) is None
+    other = {"seed": 0, "head": dict(wanted["head"], ae_checkpoint="elsewhere.pt")}
+    assert _config_difference(stored, other).startswith("head.ae_checkpoint")
+    assert _config_difference(stored, {"seed": 0, "head": dict(wanted["head"], hidden_dim=64)}) \
+        == "head.hidden_dim (folder: 32, grid: 64)"
+    dclr = {"head": {"kind": "directclr", "d0": 22}}
+    assert _config_difference(dclr, {"head": {"kind": "directclr", "d0": None}}) is None
+    assert _config_difference(dclr, {"head": {"kind": "directclr", "d0": 30}}) is not None

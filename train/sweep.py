@@ -243,9 +243,16 @@ def _stored_epoch_and_config(run_dir: Path) -> tuple[int, dict, list] | None:
     return int(raw["epoch"]), dict(raw.get("config") or {}), list(raw.get("metrics") or [])
 
 
+# fields the trainer fills in when they are left unset (DirectCLR's d0, the autoencoder it
+# trained for head.kind=ae) and writes back into the run's config
+FILLED_BY_TRAINER = ("head.d0", "head.ae_checkpoint")
+
+
 def _config_difference(stored: dict, wanted: dict, prefix: str = "") -> str | None:
     for key in sorted(set(stored) | set(wanted)):
         if (not prefix and key == "epochs") or key not in stored:  # newer fields: lenient
+            continue
+        if f"{prefix}{key}" in FILLED_BY_TRAINER and wanted.get(key) is None:
             continue
         a, b = stored.get(key), wanted.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
