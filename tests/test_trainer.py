@@ -228,7 +228,8 @@ def test_dataset_options_reach_the_loader_and_the_extractor(tmp_path):
 
 
 @pytest.mark.parametrize("extra,msg", [
-    (["data=fashion-mnist", "image_size=64"], "dataset 'fashion-mnist' does not take image_size"),
+    (["data=fashion-mnist", "label_level=family"], "dataset 'fashion-mnist' does not take label_level"),
+    (["data=fashion-mnist", "image_size=0"], "image_size must be positive"),
     (["label_level=manufacturer"], "dataset 'synthetic' does not take label_level"),
     (["data=fgvc-aircraft", "label_level=model"], "unknown label_level 'model'"),
     (["split_scheme=pooled"], "unknown split_scheme 'pooled'"),
