@@ -367,7 +367,8 @@ def markdown_table(df) -> str:
 
 
 def write_table(ctx: Context, name: str, df, *, title: str, notes: list[str] = (), **extra) -> None:
-    """``name``.csv, ``name``.md (title, table, notes) and ``name``.json in figures/<scale>/."""
+    """``name``.csv, ``name``.md (title, table, notes) and ``name``.json in figures/<scale>/
+    (a figure's name must differ: its sidecar is ``name``.json too)."""
     ctx.out.mkdir(parents=True, exist_ok=True)
     files = [f"{name}.csv", f"{name}.md", f"{name}.json"]
     atomic_write(ctx.out / files[0], df.to_csv(index=False))

@@ -63,7 +63,7 @@ def main() -> int:
     rows += [{"model": common.G_HEADS[k],
               "linear on h (%)": common.pm([a["linear"]["h"] for a in accs]),
               "kNN on h (%)": common.pm([a["knn"]["h"] for a in accs])} for k, accs in res["acc"].items()]
-    common.write_table(ctx, "g_fig3_linear_eval", pd.DataFrame(rows),
+    common.write_table(ctx, "g_fig3_linear_eval_table", pd.DataFrame(rows),
                        title="G Fig. 3: test accuracy on h (mean ± std over seeds)",
                        notes=[f"Linear probe preset `{ctx.scale.linear_preset}`; kNN k = 200, "
                               "cosine, T = 0.5; train split = probe training set."])

@@ -66,7 +66,7 @@ def main() -> int:
                 f"{100 * (e['accuracy'][probe]['h_n'] - e['accuracy'][probe]['z']):+.2f}" for e in evs)
             row["dim null space"] = evs[0]["nullspace"]["head_shape"][1] - evs[0]["nullspace"]["head_rank"]
             rows.append(row)
-    common.write_table(ctx, "g_fig4_nullspace", pd.DataFrame(rows),
+    common.write_table(ctx, "g_fig4_nullspace_table", pd.DataFrame(rows),
                        title="G Fig. 4: probes on h, h_r, h_n, z (mean ± std over seeds)",
                        notes=[f"Linear probe preset `{ctx.scale.linear_preset}`; kNN k = 200. "
                               "h_r = A⁺A h, h_n = h − h_r for the head's first linear map A."])
