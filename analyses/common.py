@@ -554,3 +554,17 @@ def s_results(ctx: Context, configs: list[SConfig] | None = None):
 def s_parser(description: str) -> argparse.ArgumentParser:
     """The common options; S's grid defaults to one seed at cpu scale (see figures/README.md)."""
     return parser(description)
+
+
+def s_table_main(doc: str, name: str, build_rows, *, title: str, notes=()) -> int:
+    """The body of an S grid table script: parse the options, train or reuse the grid's runs
+    (frozen embeddings), turn them into rows with ``build_rows(df)`` and write the table.
+    ``notes`` is a list of lines or a function of the Context returning one."""
+    import pandas as pd
+
+    ctx = context(s_parser(doc.splitlines()[0]).parse_args())
+    df = s_results(ctx)
+    df = df[df["frozen"]]
+    write_table(ctx, name, pd.DataFrame(build_rows(df)), title=title,
+                notes=list(notes(ctx) if callable(notes) else notes), runs=df.to_dict("records"))
+    return 0

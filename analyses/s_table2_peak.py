@@ -29,20 +29,12 @@ def peak_rows(df) -> list[dict]:
 
 
 def main() -> int:
-    import pandas as pd
-
-    args = common.s_parser(__doc__.splitlines()[0]).parse_args()
-    ctx = common.context(args)
-    df = common.s_results(ctx)
-    df = df[df["frozen"]]
-    common.write_table(ctx, "s_table2_peak", pd.DataFrame(peak_rows(df)),
-                       title="S Table 2: peak test accuracy over all runs (and validation-selected)",
-                       notes=[f"Linear probe on h (preset `{ctx.scale.linear_preset}`) trained on "
-                              "the train part of S's 70/10/20 split; 'validation' picks the run "
-                              "with the best validation accuracy and reports its test accuracy."],
-                       runs=df.to_dict("records"))
-    return 0
-
+    return common.s_table_main(
+        __doc__, "s_table2_peak", peak_rows,
+        title="S Table 2: peak test accuracy over all runs (and validation-selected)",
+        notes=lambda ctx: [f"Linear probe on h (preset `{ctx.scale.linear_preset}`) trained on the "
+                           "train part of S's 70/10/20 split; 'validation' picks the run with the best "
+                           "validation accuracy and reports its test accuracy."])
 
 if __name__ == "__main__":
     raise SystemExit(common.main_guard(main))

@@ -32,19 +32,11 @@ def stats_rows(df) -> list[dict]:
 
 
 def main() -> int:
-    import pandas as pd
-
-    args = common.s_parser(__doc__.splitlines()[0]).parse_args()
-    ctx = common.context(args)
-    df = common.s_results(ctx)
-    df = df[df["frozen"]]
-    common.write_table(ctx, "s_table3_stats", pd.DataFrame(stats_rows(df)),
-                       title="S Table 3: test accuracy (%) statistics over runs, with (top) and "
-                             "without (bottom) Z-score",
-                       notes=["Runs = configurations of the one-factor-at-a-time grid x seeds."],
-                       runs=df.to_dict("records"))
-    return 0
-
+    return common.s_table_main(
+        __doc__, "s_table3_stats", stats_rows,
+        title="S Table 3: test accuracy (%) statistics over runs, with (top) and without (bottom) "
+              "Z-score",
+        notes=["Runs = configurations of the one-factor-at-a-time grid x seeds."])
 
 if __name__ == "__main__":
     raise SystemExit(common.main_guard(main))

@@ -27,19 +27,11 @@ def width_rows(df) -> list[dict]:
 
 
 def main() -> int:
-    import pandas as pd
-
-    args = common.s_parser(__doc__.splitlines()[0]).parse_args()
-    ctx = common.context(args)
-    df = common.s_results(ctx)
-    df = df[df["frozen"]]
-    common.write_table(ctx, "s_table4_width", pd.DataFrame(width_rows(df)),
-                       title="S Table 4: average test accuracy by projector width",
-                       notes=["One-factor-at-a-time grid: the base width holds most runs; the "
-                              "other widths only the runs where that factor was varied."],
-                       runs=df.to_dict("records"))
-    return 0
-
+    return common.s_table_main(
+        __doc__, "s_table4_width", width_rows,
+        title="S Table 4: average test accuracy by projector width",
+        notes=["One-factor-at-a-time grid: the base width holds most runs; the other widths only "
+               "the runs where that factor was varied."])
 
 if __name__ == "__main__":
     raise SystemExit(common.main_guard(main))

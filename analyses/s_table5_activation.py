@@ -25,17 +25,8 @@ def activation_rows(df) -> list[dict]:
 
 
 def main() -> int:
-    import pandas as pd
-
-    args = common.s_parser(__doc__.splitlines()[0]).parse_args()
-    ctx = common.context(args)
-    df = common.s_results(ctx)
-    df = df[df["frozen"]]
-    common.write_table(ctx, "s_table5_activation", pd.DataFrame(activation_rows(df)),
-                       title="S Table 5: average test accuracy by projector activation",
-                       runs=df.to_dict("records"))
-    return 0
-
+    return common.s_table_main(__doc__, "s_table5_activation", activation_rows,
+                               title="S Table 5: average test accuracy by projector activation")
 
 if __name__ == "__main__":
     raise SystemExit(common.main_guard(main))
