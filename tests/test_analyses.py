@@ -83,7 +83,7 @@ def test_a_folder_with_another_config_is_refused(work):
     import torch
 
     ck_path = other / "runs" / "smoke" / "g" / "mlp-s0" / "last.pt"
-    ck = torch.load(ck_path, weights_only=False)
+    ck = torch.load(ck_path, weights_only=True)  # our format is plain data
     ck["config"]["head"]["hidden_dim"] = 99
     torch.save(ck, ck_path)
     p = run("main_job.py", "--no-report", tmp=other)

@@ -83,7 +83,7 @@ def _worker(rank, world_size, root):
 def ddp(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     mp.spawn(_worker, args=(2, str(root)), nprocs=2, join=True)
-    ranks = [torch.load(root / f"result-{r}.pt", weights_only=False) for r in range(2)]
+    ranks = [torch.load(root / f"result-{r}.pt", weights_only=True) for r in range(2)]
     torch.set_num_threads(1)
     single = {name: _train(_config(name), root / "single" / name) for name in CASES}
     return root, ranks, single
