@@ -258,7 +258,8 @@ def evaluate(ctx: Context, checkpoint: Path, *, probes: tuple[str, ...] = ("knn"
     split is scored (G's protocol); the linear probe is the scale's preset ("fast"
     L-BFGS at cpu scale, G's 200-epoch Adam otherwise). Cached beside the checkpoint.
     """
-    from repdiag.diagnose import nullspace_report, probe_report, rank_report
+    from repdiag.diagnose import probe_report, rank_report
+    from repdiag.diagnostics import nullspace
 
     settings = {"probes": list(probes), "on": list(on) if on else None, "rank": rank,
                 "linear": ctx.scale.linear_preset, "limit": ctx.scale.eval_limit, "v": 1}
@@ -281,9 +282,10 @@ def evaluate(ctx: Context, checkpoint: Path, *, probes: tuple[str, ...] = ("knn"
             out["undefined"] = rep["undefined"]
     if rank:
         out["rank"] = rank_report(src)
-    if has_split and "h_n" in names:
-        ns = nullspace_report(src, "knn")
-        out["nullspace"] = {k: ns[k] for k in ("head_rank", "energy_range", "head_shape")}
+    if has_split and "h_n" in names:  # the split itself (G eq. 4); the probes above already ran
+        ns = nullspace(test.h, test.weight)
+        out["nullspace"] = {"head_rank": int(ns.head_rank), "energy_range": float(ns.energy_range),
+                            "head_shape": list(test.weight.shape)}
     out["seconds"] = time.time() - t0
     atomic_write(cache, json.dumps(out, indent=1))
     return out
