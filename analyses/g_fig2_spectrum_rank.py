@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import common
 import numpy as np
+import plotting
 
 
 def compute(ctx: common.Context) -> dict:
@@ -57,13 +58,9 @@ def plot(spectra: dict, ranks: dict, out_dim: int):
     for ax in axes[:2]:
         ax.set_xlabel("index")
         ax.legend(fontsize=8)
-    kinds = list(ranks)
-    x = np.arange(len(kinds))
-    for j, (key, name) in enumerate((("rank_z", "rank(Z)"), ("rank_h", "rank(H)"))):
-        vals = [[r[key] for r in ranks[k]] for k in kinds]
-        axes[2].bar(x + (j - 0.5) * 0.38, [np.mean(v) for v in vals], 0.38,
-                    yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals], label=name, capsize=3)
-    axes[2].set_xticks(x, [common.G_HEADS[k] for k in kinds], rotation=12)
+    plotting.grouped_bars(axes[2], [common.G_HEADS[k] for k in ranks],
+                          {name: [[r[key] for r in rs] for rs in ranks.values()]
+                           for key, name in (("rank_z", "rank(Z)"), ("rank_h", "rank(H)"))}, rotation=12)
     axes[2].set_title("(c) numerical rank (test split)")
     axes[2].legend(fontsize=8)
     fig.tight_layout()

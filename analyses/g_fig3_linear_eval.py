@@ -11,7 +11,7 @@ Adam 1e-3); kNN (k = 200) beside it. Mean ± std over seeds, test split.
 from __future__ import annotations
 
 import common
-import numpy as np
+import plotting
 
 
 def compute(ctx: common.Context) -> dict:
@@ -33,15 +33,11 @@ def plot(acc: dict, init: list):
     labels = ["untrained backbone"] + [common.G_HEADS[k] for k in acc]
     groups = [init] + list(acc.values())
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    x = np.arange(len(labels))
-    for j, probe in enumerate(("linear", "knn")):
-        vals = [[100 * a[probe]["h"] for a in g] for g in groups]
-        ax.bar(x + (j - 0.5) * 0.38, [np.mean(v) for v in vals], 0.38, capsize=3,
-               yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals],
-               label="linear probe" if probe == "linear" else "kNN (k=200)")
+    plotting.grouped_bars(ax, labels, {name: [[100 * a[probe]["h"] for a in g] for g in groups]
+                                       for probe, name in (("linear", "linear probe"),
+                                                           ("knn", "kNN (k=200)"))}, rotation=12)
     lo = min(100 * a[p]["h"] for g in groups for a in g for p in ("linear", "knn"))
     ax.set_ylim(max(0, lo - 10), 100)
-    ax.set_xticks(x, labels, rotation=12)
     ax.set_ylabel("test accuracy on h (%)")
     ax.set_title("G Fig. 3: evaluation of h by head")
     ax.legend(fontsize=8)

@@ -11,7 +11,7 @@ over seeds, test split; kNN (k = 200) beside the linear probe.
 from __future__ import annotations
 
 import common
-import numpy as np
+import plotting
 
 FEATURES = ("h", "h_r", "h_n", "z")
 
@@ -30,16 +30,11 @@ def plot(res: dict, probe: str):
     from repdiag.plots import FEATURE_LABELS
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    kinds = list(res)
-    x = np.arange(len(kinds))
-    w = 0.8 / len(FEATURES)
-    for j, f in enumerate(FEATURES):
-        vals = [[100 * e["accuracy"][probe][f] for e in res[k] if e["accuracy"][probe].get(f) is not None]
-                for k in kinds]
-        ax.bar(x + (j - 1.5) * w, [np.mean(v) if v else np.nan for v in vals], w, capsize=3,
-               yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals], label=FEATURE_LABELS[f])
+    plotting.grouped_bars(ax, [common.G_HEADS[k] for k in res],
+                          {FEATURE_LABELS[f]: [[100 * e["accuracy"][probe][f] for e in evs
+                                                if e["accuracy"][probe].get(f) is not None]
+                                               for evs in res.values()] for f in FEATURES}, width=0.8)
     ax.axhline(10, color="grey", lw=0.8, ls=":", label="chance (10 classes)")
-    ax.set_xticks(x, [common.G_HEADS[k] for k in kinds])
     ax.set_ylabel(f"{'linear' if probe == 'linear' else 'kNN'} test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title("G Fig. 4: h, range h_r, null space h_n, head output z")

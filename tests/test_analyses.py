@@ -89,3 +89,35 @@ def test_a_folder_with_another_config_is_refused(work):
     p = run("main_job.py", "--no-report", tmp=other)
     assert p.returncode == 2 and "holds a run with another config: head.hidden_dim" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_grouped_bars_draws_mean_and_sample_std_per_group():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "analyses"))
+    import plotting
+
+    fig, ax = plt.subplots()
+    series = {"a": [[1.0, 2.0, 6.0], [4.0]], "b": [[], [3.0, 5.0]]}
+    plotting.grouped_bars(ax, ["g0", "g1"], series, width=0.8)
+    bars = ax.patches
+    heights = [b.get_height() for b in bars]
+    # series a: means 3 and 4; series b: no bar (NaN) in g0, mean 4 in g1
+    assert heights[0] == pytest.approx(3.0) and heights[1] == pytest.approx(4.0)
+    assert np.isnan(heights[2]) and heights[3] == pytest.approx(4.0)
+    # bars of a group sit side by side, each 0.4 wide, centred on the group's tick
+    assert [b.get_width() for b in bars] == pytest.approx([0.4] * 4)
+    assert [b.get_x() for b in bars] == pytest.approx([-0.4, 0.6, 0.0, 1.0])
+    # error bar of a/g0: sample std (ddof=1) of 1, 2, 6 = sqrt(7); a single value gets none
+    from matplotlib.container import BarContainer
+
+    first = next(c for c in ax.containers if isinstance(c, BarContainer))
+    segs = first.errorbar.lines[2][0].get_segments()
+    lengths = [s[1][1] - s[0][1] for s in segs]
+    assert lengths[0] == pytest.approx(2 * np.sqrt(7)) and lengths[1] == pytest.approx(0.0)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["g0", "g1"]
+    plt.close(fig)
