@@ -167,6 +167,12 @@ def context(args: argparse.Namespace) -> Context:
                    quiet=args.quiet)
 
 
+def cli_context(doc: str) -> Context:
+    """Parse a script's command line (the common options, described by the first line of
+    ``doc``) and return its validated run context."""
+    return context(parser(doc.splitlines()[0]).parse_args())
+
+
 def main_guard(fn) -> int:
     """Run ``fn()``; a UserError becomes one line on stderr and exit code 2."""
     try:
@@ -553,9 +559,17 @@ def s_results(ctx: Context, configs: list[SConfig] | None = None):
     return pd.DataFrame(rows)
 
 
-def s_parser(description: str) -> argparse.ArgumentParser:
-    """The common options; S's grid defaults to one seed at cpu scale (see figures/README.md)."""
-    return parser(description)
+def s_head_averages(part) -> dict:
+    """Per projector in ``part`` (rows of ``s_results``): the average test accuracy over its
+    runs (as S's Tables 4-5), the spread of that average over seeds (sample std of the
+    per-seed averages, None for one seed) and the number of runs."""
+    row = {}
+    for head, g in part.groupby("head", sort=False):
+        per_seed = g.groupby("seed")["test"].mean()
+        row[f"{head} avg (%)"] = round(float(g["test"].mean()), 2)
+        row[f"{head} ± seeds (pt)"] = round(float(per_seed.std(ddof=1)), 2) if len(per_seed) > 1 else None
+        row[f"{head} runs"] = len(g)
+    return row
 
 
 def s_table_main(doc: str, name: str, build_rows, *, title: str, notes=()) -> int:
@@ -564,7 +578,7 @@ def s_table_main(doc: str, name: str, build_rows, *, title: str, notes=()) -> in
     ``notes`` is a list of lines or a function of the Context returning one."""
     import pandas as pd
 
-    ctx = context(s_parser(doc.splitlines()[0]).parse_args())
+    ctx = cli_context(doc)
     df = s_results(ctx)
     df = df[df["frozen"]]
     write_table(ctx, name, pd.DataFrame(build_rows(df)), title=title,

@@ -81,8 +81,7 @@ def plot(maps: dict, classes: list[str] | None):
 def main() -> int:
     import pandas as pd
 
-    args = common.parser(__doc__.splitlines()[0]).parse_args()
-    ctx = common.context(args)
+    ctx = common.cli_context(__doc__)
     res = compute(ctx)
     common.write_figure(ctx, "g_fig1_tsne", plot(res["maps"], res["classes"]),
                         title="G Fig. 1: t-SNE of h (test split, seed 0)",

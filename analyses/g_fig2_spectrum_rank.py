@@ -70,8 +70,7 @@ def plot(spectra: dict, ranks: dict, out_dim: int):
 def main() -> int:
     import pandas as pd
 
-    args = common.parser(__doc__.splitlines()[0]).parse_args()
-    ctx = common.context(args)
+    ctx = common.cli_context(__doc__)
     res = compute(ctx)
     common.write_figure(ctx, "g_fig2_spectrum_rank", plot(res["spectra"], res["ranks"], ctx.scale.g_out),
                         title="G Fig. 2: spectra of Z and H, ranks", ranks=res["ranks"])

@@ -48,8 +48,7 @@ def plot(acc: dict, init: list):
 def main() -> int:
     import pandas as pd
 
-    args = common.parser(__doc__.splitlines()[0]).parse_args()
-    ctx = common.context(args)
+    ctx = common.cli_context(__doc__)
     res = compute(ctx)
     common.write_figure(ctx, "g_fig3_linear_eval", plot(res["acc"], res["init"]),
                         title="G Fig. 3: linear evaluation of h by head", accuracy=res)

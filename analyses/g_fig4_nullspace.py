@@ -46,8 +46,7 @@ def plot(res: dict, probe: str):
 def main() -> int:
     import pandas as pd
 
-    args = common.parser(__doc__.splitlines()[0]).parse_args()
-    ctx = common.context(args)
+    ctx = common.cli_context(__doc__)
     res = compute(ctx)
     common.write_figure(ctx, "g_fig4_nullspace", plot(res, "linear"),
                         title="G Fig. 4: linear probes on h, h_r, h_n, z", evaluations=res)

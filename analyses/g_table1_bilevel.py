@@ -27,8 +27,7 @@ def methods(ctx: common.Context) -> list:
 
 
 def main() -> int:
-    args = common.parser(__doc__.splitlines()[0]).parse_args()
-    ctx = common.context(args)
+    ctx = common.cli_context(__doc__)
     df, raw = common.method_table(ctx, "g", methods(ctx), reference="SimCLR")
     common.write_table(ctx, "g_table1_bilevel", df,
                        title="G Table 1: bilevel vs SimCLR, fixed random head, DirectCLR "

@@ -40,8 +40,7 @@ def methods(ctx: common.Context) -> list:
 
 
 def main() -> int:
-    args = common.parser(__doc__.splitlines()[0]).parse_args()
-    ctx = common.context(args)
+    ctx = common.cli_context(__doc__)
     df, raw = common.method_table(ctx, "g", methods(ctx), reference="Trainable: SimCLR",
                                   probes=("knn",))
     common.write_table(ctx, "g_table2_fixed_moving", df,

@@ -15,16 +15,19 @@ import common
 
 
 def peak_rows(df) -> list[dict]:
-    """Per head: the test-selected peak (S) and the validation-selected run."""
+    """Per head: the test-selected peak (S) and the validation-selected run over all runs,
+    and the same selection made within each seed (mean ± std of the selected test accuracies)."""
     rows = []
     for head, g in df.groupby("head", sort=False):
         for how, col in (("test (as S)", "test"), ("validation", "val")):
             best = g.loc[g[col].idxmax()]
+            per_seed = [float(s.loc[s[col].idxmax(), "test"]) for _, s in g.groupby("seed")]
             rows.append({"projector": head, "selected on": how, "dim(g)": int(best["dim_g"]),
                          "activation": best["activation"], "dim(z)": int(best["dim_z"]),
                          "Z-score": bool(best["zscore"]), "seed": int(best["seed"]),
                          "test accuracy (%)": round(float(best["test"]), 2),
-                         "runs": len(g)})
+                         "runs": len(g),
+                         "per seed: selected test (%)": common.pm(per_seed, scale=1.0)})
     return rows
 
 

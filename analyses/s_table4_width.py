@@ -13,16 +13,13 @@ import common
 
 
 def width_rows(df) -> list[dict]:
-    """Average (and count) of test accuracy by dim(g), then by dim(z), per projector."""
+    """Average test accuracy (its spread over seeds, and the run count) by dim(g), then by
+    dim(z), per projector."""
     rows = []
     for factor, label in (("dim_g", "dim(g)"), ("dim_z", "dim(z)")):
         for value in sorted(df[factor].unique()):
-            part = df[df[factor] == value]
-            row = {"factor": label, "value": int(value)}
-            for head, g in part.groupby("head", sort=False):
-                row[f"{head} avg (%)"] = round(float(g["test"].mean()), 2)
-                row[f"{head} runs"] = len(g)
-            rows.append(row)
+            rows.append({"factor": label, "value": int(value),
+                         **common.s_head_averages(df[df[factor] == value])})
     return rows
 
 

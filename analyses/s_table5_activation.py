@@ -12,16 +12,10 @@ import common
 
 
 def activation_rows(df) -> list[dict]:
-    """Average (and count) of test accuracy per activation and projector."""
-    rows = []
-    for act in common.S_ACTIVATIONS:
-        part = df[df["activation"] == act]
-        row = {"activation": act}
-        for head, g in part.groupby("head", sort=False):
-            row[f"{head} avg (%)"] = round(float(g["test"].mean()), 2)
-            row[f"{head} runs"] = len(g)
-        rows.append(row)
-    return rows
+    """Average test accuracy (its spread over seeds, and the run count) per activation and
+    projector."""
+    return [{"activation": act, **common.s_head_averages(df[df["activation"] == act])}
+            for act in common.S_ACTIVATIONS]
 
 
 def main() -> int:

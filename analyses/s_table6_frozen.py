@@ -15,8 +15,7 @@ import common
 def main() -> int:
     import pandas as pd
 
-    args = common.s_parser(__doc__.splitlines()[0]).parse_args()
-    ctx = common.context(args)
+    ctx = common.cli_context(__doc__)
     b = ctx.scale.s_base
     configs = [common.SConfig("ae", "sigmoid", b["dim_g"], b["dim_z"], False, frozen=f)
                for f in (True, False)]

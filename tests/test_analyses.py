@@ -121,3 +121,33 @@ def test_grouped_bars_draws_mean_and_sample_std_per_group():
     assert lengths[0] == pytest.approx(2 * np.sqrt(7)) and lengths[1] == pytest.approx(0.0)
     assert [t.get_text() for t in ax.get_xticklabels()] == ["g0", "g1"]
     plt.close(fig)
+
+
+def test_s_tables_average_runs_and_spread_over_seeds():
+    import pandas as pd
+
+    sys.path.insert(0, str(ROOT / "analyses"))
+    import s_table2_peak
+    import s_table5_activation
+
+    # two seeds x two activations x two projectors; test accuracies chosen by hand
+    rows = []
+    for seed, (ae_relu, ae_tanh, mlp_relu, mlp_tanh) in ((0, (70, 74, 71, 69)), (1, (72, 80, 71, 73))):
+        for head, act, acc in (("ae", "relu", ae_relu), ("ae", "tanh", ae_tanh),
+                               ("mlp", "relu", mlp_relu), ("mlp", "tanh", mlp_tanh)):
+            rows.append({"head": head, "activation": act, "dim_g": 32, "dim_z": 16, "zscore": False,
+                         "seed": seed, "test": float(acc), "val": float(100 - acc)})
+    df = pd.DataFrame(rows)
+    by_act = {r["activation"]: r for r in s_table5_activation.activation_rows(df)}
+    # ae with tanh: runs 74 and 80 -> average 77; one run per seed, so the seed spread is
+    # the sample std of (74, 80) = sqrt(18)
+    assert by_act["tanh"]["ae avg (%)"] == 77.0 and by_act["tanh"]["ae runs"] == 2
+    assert by_act["tanh"]["ae ± seeds (pt)"] == pytest.approx(round(18 ** 0.5, 2))
+    assert by_act["relu"]["mlp ± seeds (pt)"] == 0.0 and "silu" in by_act and "ae runs" not in by_act["silu"]
+    peak = {(r["projector"], r["selected on"]): r for r in s_table2_peak.peak_rows(df)}
+    # S's peak for ae is the 80 (tanh, seed 1); validation (= 100 - test here) picks the worst run
+    assert peak[("ae", "test (as S)")]["test accuracy (%)"] == 80.0
+    assert peak[("ae", "test (as S)")]["seed"] == 1
+    assert peak[("ae", "validation")]["test accuracy (%)"] == 70.0
+    # within each seed: test-selected ae peaks 74 and 80 -> 77 ± sqrt(18)
+    assert peak[("ae", "test (as S)")]["per seed: selected test (%)"] == f"77.00 ± {18 ** 0.5:.2f}"
