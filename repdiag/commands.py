@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from repdiag import diagnose
+from repdiag.devices import check_device
 from repdiag.errors import UserError
 from repdiag.features import FeatureSource
 from repdiag.importers import parse_key_map
@@ -90,23 +91,6 @@ def add_diagnostic_parsers(sub) -> None:
                            help="t-SNE optimiser: openTSNE (Barnes-Hut/FFT) or exact-gradient torch "
                                 "(default auto: torch on cuda up to 20,000 points, else openTSNE)")
         p.set_defaults(func=func)
-
-
-def check_device(name: str) -> None:
-    """Refuse a device this machine does not have, before any work."""
-    import torch
-
-    if name == "cpu":
-        return
-    if not re.fullmatch(r"cuda(:\d+)?", name):
-        raise UserError(f"unknown --device '{name}'; use cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is available on this machine; "
-                        "use --device cpu")
-    index = int(name.partition(":")[2] or 0)
-    if index >= torch.cuda.device_count():
-        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
-                        "device(s)")
 
 
 def _sources(args) -> list[FeatureSource]:

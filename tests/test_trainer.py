@@ -76,12 +76,13 @@ def test_cli_writes_checkpoints_every_epoch(tmp_path, capsys):
     (["--config", "fmnist-tiny", "--set", "data=nosuchdata"], "nosuchdata"),
     (["--config", "fmnist-tiny", "--set", "data=tinyimagenet", "--set", "data_root=/nonexistent"],
      "tinyimagenet"),
+    (["--config", "fmnist-tiny", "--set", "data=synthetic", "--set", "device=gpu"], "unknown device 'gpu'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, msg):
     code = main(["train", *args, "--out", str(tmp_path / "o"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and msg in err and len(err.strip().splitlines()) == 1
-    assert "Traceback" not in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
 
 
 def test_unwritable_out_is_user_error(tmp_path, capsys):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from repdiag.errors import UserError
+from repdiag.devices import check_device
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, CPU otherwise; a missing CUDA device is a UserError."""
+    """``auto`` picks CUDA when present, CPU otherwise; any other name is checked (cpu, cuda,
+    cuda:N present on this machine) and a bad one is a UserError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device '{name}' requested but no CUDA device is available")
-    return torch.device(name)
+    return check_device(name, "device")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import sys
 from typing import Any
 
 import numpy as np
 import torch
 
+from repdiag.devices import check_device
 from repdiag.diagnostics._common import EXCLUDE, Result, as_labels, as_matrix
 from repdiag.diagnostics.knn import nearest_neighbours
 from repdiag.errors import UserError
@@ -52,18 +52,7 @@ def resolve_device(device: Any) -> torch.device | None:
     torch.device); a CUDA device this machine does not have is a UserError, raised before any work."""
     if device is None:
         return None
-    name = str(device)
-    if name != "cpu" and not re.fullmatch(r"cuda(:\d+)?", name):
-        raise UserError(f"unknown t-SNE device {name!r}; use cpu, cuda or cuda:N")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"t-SNE on device {name!r}: no CUDA device is available on this machine; "
-                            "use device cpu")
-        index = int(name.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise UserError(f"t-SNE on device {name!r}: this machine has {torch.cuda.device_count()} "
-                            "CUDA device(s)")
-    return torch.device(name)
+    return check_device(str(device), "t-SNE device")
 
 
 def tsne(X: Any, labels: Any = None, *, n_jobs: int | None = None, perplexity: float = 30,
