@@ -50,6 +50,7 @@ def test_auto_is_fp32_on_the_cpu_and_recorded(tmp_path):
     assert ck["config"]["precision"] == "auto"  # as given; the resolved value beside it
     assert ck["extra"]["runtime"]["precision"] == "fp32"
     assert ck["extra"]["runtime"]["channels_last"] is False
+    assert ck["extra"]["runtime"]["cpu_threads"] == torch.get_num_threads()
     assert "precision: auto" in (tmp_path / "config.yaml").read_text()
 
 
