@@ -357,8 +357,31 @@ def sidecar(ctx: Context, name: str, outputs: list[str], **extra) -> dict:
         "scale": ctx.scale.name, "seeds": list(ctx.seeds), "git_commit": git_commit(),
         "machine": machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d"), "wall_time_s": round(time.time() - ctx.started, 1),
-        **extra, "configs": ctx.configs,
+        **extra, "configs": compact_configs(ctx.configs),
     }
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def compact_configs(configs: dict[str, dict]) -> dict:
+    """The runs' configurations without repeating what they share: ``{"common": {key: value},
+    "runs": {run: {key: value}}}`` with dotted keys (``head.kind``); run ``r``'s full
+    configuration is ``common`` updated with ``runs[r]``."""
+    flat = {name: _flatten(cfg) for name, cfg in configs.items()}
+    if not flat:
+        return {"common": {}, "runs": {}}
+    first, *rest = flat.values()
+    common = {k: v for k, v in first.items() if all(k in f and f[k] == v for f in rest)}
+    return {"common": common,
+            "runs": {name: {k: v for k, v in f.items() if k not in common} for name, f in flat.items()}}
 
 
 def markdown_table(df) -> str:

@@ -47,8 +47,11 @@ def test_figure_script_writes_png_pdf_and_sidecar(work):
     meta = json.loads((out / "g_fig2_spectrum_rank.json").read_text())
     assert meta["scale"] == "smoke" and meta["seeds"] == [0]
     assert "analyses/g_fig2_spectrum_rank.py --scale smoke" in meta["command"]
-    assert set(meta["configs"]) == {"g/none-s0", "g/linear-s0", "g/mlp-s0"}
-    assert meta["configs"]["g/linear-s0"]["head"]["kind"] == "linear"
+    runs = meta["configs"]["runs"]
+    assert set(runs) == {"g/none-s0", "g/linear-s0", "g/mlp-s0"}
+    # shared settings are written once; each run lists only what differs
+    assert runs["g/linear-s0"]["head.kind"] == "linear" and runs["g/mlp-s0"]["head.kind"] == "mlp"
+    assert meta["configs"]["common"]["seed"] == 0 and "seed" not in runs["g/linear-s0"]
     assert {"git_commit", "machine", "date", "wall_time_s"} <= set(meta)
     assert not list(out.glob(".*tmp"))
 
@@ -89,6 +92,18 @@ def test_a_folder_with_another_config_is_refused(work):
     p = run("main_job.py", "--no-report", tmp=other)
     assert p.returncode == 2 and "holds a run with another config: head.hidden_dim" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_compact_configs_rebuild_every_full_config():
+    sys.path.insert(0, str(ROOT / "analyses"))
+    import common
+
+    a = {"seed": 0, "head": {"kind": "mlp", "out_dim": 8}, "lr": 0.1}
+    b = {"seed": 1, "head": {"kind": "mlp", "out_dim": 4}, "lr": 0.1}
+    out = common.compact_configs({"a": a, "b": b})
+    assert out["common"] == {"head.kind": "mlp", "lr": 0.1}
+    assert out["runs"] == {"a": {"seed": 0, "head.out_dim": 8}, "b": {"seed": 1, "head.out_dim": 4}}
+    assert common.compact_configs({}) == {"common": {}, "runs": {}}
 
 
 def test_grouped_bars_draws_mean_and_sample_std_per_group():
