@@ -361,21 +361,13 @@ def sidecar(ctx: Context, name: str, outputs: list[str], **extra) -> dict:
     }
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def compact_configs(configs: dict[str, dict]) -> dict:
     """The runs' configurations without repeating what they share: ``{"common": {key: value},
     "runs": {run: {key: value}}}`` with dotted keys (``head.kind``); run ``r``'s full
     configuration is ``common`` updated with ``runs[r]``."""
-    flat = {name: _flatten(cfg) for name, cfg in configs.items()}
+    from train.config import flatten_config
+
+    flat = {name: flatten_config(cfg) for name, cfg in configs.items()}
     if not flat:
         return {"common": {}, "runs": {}}
     first, *rest = flat.values()

@@ -370,7 +370,7 @@ LEGACY_VALUES = {"precision": "fp32", "channels_last": False, "compile": False, 
 
 def check_resume_overrides(before: TrainConfig, after: TrainConfig, where: str) -> None:
     """Refuse ``--set`` on ``--resume`` that would change what the stored run trains."""
-    old, new = _flatten(before.to_dict()), _flatten(after.to_dict())
+    old, new = flatten_config(before.to_dict()), flatten_config(after.to_dict())
     for key, value in new.items():
         if key not in RESUMABLE_KEYS and old.get(key) != value:
             raise UserError(f"--set {key}={value} cannot change a run being resumed (it was "
@@ -378,11 +378,13 @@ def check_resume_overrides(before: TrainConfig, after: TrainConfig, where: str) 
                             f"{', '.join(RESUMABLE_KEYS)} can change; start a new run with --out")
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
+def flatten_config(tree: dict, prefix: str = "") -> dict:
+    """A nested config dict as one level with dotted keys (``{"head": {"kind": ...}}`` ->
+    ``{"head.kind": ...}``), the form ``--set`` takes."""
     out = {}
     for k, v in tree.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten_config(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
