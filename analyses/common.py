@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:  # `python analyses/x.py` from a checkout without 
 
 import torch  # noqa: E402
 
+from repdiag.devices import check_device  # noqa: E402
 from repdiag.errors import UserError  # noqa: E402
 
 SCALES = ("cpu", "gpu", "paper", "smoke")
@@ -159,7 +160,9 @@ def context(args: argparse.Namespace) -> Context:
             raise UserError(f"--seeds takes a comma list of integers, got {args.seeds!r}") from None
     if args.scale == "paper" and not args.data_root:
         raise UserError("--scale paper trains on the papers' datasets: give --data-root DIR")
-    if args.scale == "gpu" and args.device in ("auto", "cuda") and not torch.cuda.is_available():
+    if args.device != "auto":
+        check_device(args.device, "--device")
+    if args.scale == "gpu" and args.device == "auto" and not torch.cuda.is_available():
         print("[analyses] --scale gpu without a GPU: the runs will train on the CPU (slow)",
               file=sys.stderr)
     return Context(scale=scale, seeds=seeds, runs=Path(args.runs) / scale.name,

@@ -73,6 +73,13 @@ def test_bad_input_is_one_line(work):
     assert p.returncode == 2 and "--data-root" in p.stderr and "Traceback" not in p.stderr
 
 
+def test_a_device_name_mistake_is_refused_before_any_run(tmp_path):
+    p = run("g_fig3_linear_eval.py", "--device", "gpu", tmp=tmp_path)
+    assert p.returncode == 2 and p.stderr.strip() == ("error: unknown --device 'gpu'; use cpu, cuda "
+                                                      "or cuda:N")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "figures").exists()
+
+
 def test_a_folder_with_another_config_is_refused(work):
     p = run("main_job.py", "--no-report", tmp=work)  # makes sure the runs exist
     cfg = work / "runs" / "smoke" / "g" / "mlp-s0"
