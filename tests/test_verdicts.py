@@ -1,0 +1,101 @@
+"""The verdict rule (analyses/verdicts.py) against scipy's own t-test interval and hand-made
+cases, and the claim table (analyses/claims.py): like-for-like pairing on a hand-made S grid,
+and figures/README.md's claim table equal to the one generated from the committed outputs."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "analyses"))
+
+import claims  # noqa: E402
+import verdicts as V  # noqa: E402
+
+
+@pytest.mark.parametrize("d", [[1.0, 2.0, 3.0], [0.4, 0.5, 0.3, 0.45, 0.6], [-2.0, -1.5, -2.5]])
+def test_interval_is_scipys_one_sample_t_interval(d):
+    v = V.paired_verdict(d, [0.0] * len(d))
+    ci = stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
+    assert v.ci_low == pytest.approx(ci.low, abs=1e-12) and v.ci_high == pytest.approx(ci.high, abs=1e-12)
+    assert v.mean == pytest.approx(sum(d) / len(d)) and v.n == len(d)
+    assert v.sd == pytest.approx(stats.tstd(d))
+
+
+def test_hand_computed_interval():
+    # d = 1, 2, 3: mean 2, sd 1, t_{0.975, 2} = 4.302653 -> 2 ± 2.484138 contains 0
+    v = V.paired_verdict([3.0, 5.0, 7.0], [2.0, 3.0, 4.0])
+    assert v.ci_low == pytest.approx(2 - 4.302652729911275 / math.sqrt(3), abs=1e-9)
+    assert v.verdict == V.NOT_RESOLVED and v.paper_side == 3
+
+
+def test_verdicts_follow_the_side_of_the_interval():
+    assert V.paired_verdict([1.1, 1.0, 1.2], [0, 0, 0], ">").verdict == V.AGREES
+    assert V.paired_verdict([1.1, 1.0, 1.2], [0, 0, 0], "<").verdict == V.DISAGREES
+    assert V.paired_verdict([-1.1, -1.0, -1.2], [0, 0, 0], "<").verdict == V.AGREES
+    assert V.paired_verdict([-1.1, -1.0, -1.2], [0, 0, 0], ">").verdict == V.DISAGREES
+    # equality: refuted when the interval excludes 0, never "agrees" on noise alone
+    assert V.paired_verdict([1.1, 1.0, 1.2], [0, 0, 0], "=").verdict == V.DISAGREES
+    assert V.paired_verdict([0.1, -0.1, 0.05], [0, 0, 0], "=").verdict == V.NOT_RESOLVED
+
+
+def test_exact_ties_and_degenerate_inputs():
+    tie = V.paired_verdict([64, 64, 64], [64, 64, 64], ">")
+    assert tie.verdict == V.DISAGREES and tie.reason == "equal in every seed"
+    assert V.paired_verdict([64, 64], [64, 64], "=").verdict == V.AGREES
+    one = V.paired_verdict([0.9], [0.1])
+    assert one.verdict == V.NOT_RESOLVED and one.ci_low is None and one.n == 1
+    assert V.paired_verdict([None, 1.0, 2.0], [0.0, 0.5, 1.0]).n == 2  # a missing seed drops its pair
+    with pytest.raises(ValueError, match="same seeds"):
+        V.paired_verdict([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="relation"):
+        V.paired_verdict([1.0], [1.0], ">=")
+    assert V.above_constant([60.0, 61.0, 59.0], 10.0).verdict == V.AGREES
+    assert V.by_construction("dim(z) 32 < rank(H) 64").verdict == V.BY_CONSTRUCTION
+    assert V.not_testable("collapse", "RankMe 41 of 64").reason == "needs collapse; measured RankMe 41 of 64"
+
+
+def _run(head, act, g, z, seed, test, zscore=False, frozen=True):
+    return {"head": head, "activation": act, "dim_g": g, "dim_z": z, "zscore": zscore,
+            "frozen": frozen, "seed": seed, "val": test, "test": test}
+
+
+def test_s_comparisons_are_like_for_like():
+    # ae z16 exists for every activation, mlp z32 only with sigmoid: pooling would average
+    # ae's strong tanh runs in; like for like compares sigmoid with sigmoid only
+    runs = []
+    for seed in range(3):
+        runs += [_run("ae", "sigmoid", 32, 16, seed, 70.0 + seed), _run("ae", "tanh", 32, 16, seed, 90.0),
+                 _run("mlp", "sigmoid", 32, 32, seed, 71.0 + seed), _run("mlp", "tanh", 32, 16, seed, 50.0)]
+    v = claims.s_paired({"runs": runs}, {"head": "ae", "dim_z": 16}, {"head": "mlp", "dim_z": 32})
+    assert v.mean == pytest.approx(-1.0) and v.n == 3 and v.sd == pytest.approx(0.0)
+    assert v.verdict == V.DISAGREES  # -1 in every seed: the interval is the point -1
+    with pytest.raises(claims.MissingData):
+        claims.s_paired({"runs": runs}, {"head": "ae", "dim_g": 99}, {"head": "mlp"})
+
+
+def test_s_peak_is_selected_on_validation():
+    runs = [_run("ae", "relu", 32, 16, 0, 80.0) | {"val": 60.0}, _run("ae", "tanh", 32, 16, 0, 70.0),
+            _run("mlp", "relu", 32, 16, 0, 75.0),
+            _run("ae", "relu", 32, 16, 1, 72.0), _run("mlp", "relu", 32, 16, 1, 71.0)]
+    v = claims.s_peak_by_validation({"runs": runs})
+    assert v.n == 2 and v.mean == pytest.approx(((70 - 75) + (72 - 71)) / 2)
+
+
+def test_readme_claim_table_is_generated_from_the_committed_outputs():
+    rows = claims.judge_all(ROOT / "figures" / "cpu")
+    assert len(rows) == len(claims.CLAIMS) and all(r["verdict"] in V.VERDICTS for r in rows)
+    readme = (ROOT / "figures" / "README.md").read_text()
+    assert claims.readme_block(rows) in readme, "rerun: python analyses/claims.py --scale cpu --readme"
+    committed = json.loads((ROOT / "figures" / "cpu" / "claims.json").read_text())
+    assert [r["verdict"] for r in committed] == [r["verdict"] for r in rows]
+
+
+def test_missing_outputs_say_so(tmp_path):
+    rows = claims.judge_all(tmp_path)
+    assert {r["verdict"] for r in rows} == {claims.NO_DATA}
+    assert "not found" in rows[0]["reason"]
