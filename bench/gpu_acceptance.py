@@ -665,8 +665,10 @@ class Acceptance:
         tsne_n = min(10_000, s["n_test"])
         d = self.device
         tr_, tb = bd.Timer(), bd.Timer()
-        acc_r = bd.run_repdiag(htr.to(d), ytr.to(d), hte.to(d), yte.to(d), a.to(d), tsne_n, True,
-                               tr_, tsne_device=str(d))
+        # features and head on the device; the labels stay on the host (every probe moves them
+        # to the features' device; the t-SNE map's score is computed on the host)
+        acc_r = bd.run_repdiag(htr.to(d), ytr, hte.to(d), yte, a.to(d), tsne_n, True, tr_,
+                               tsne_device=str(d))
         acc_b = bd.run_baseline(htr, ytr, hte, yte, a, tsne_n, True, tb)
         f = rec["figures"]
         f.update(n_train=s["n_train"], n_test=s["n_test"], dim=s["m"])
