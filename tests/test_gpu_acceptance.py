@@ -30,9 +30,11 @@ def _run(args, home: Path, timeout: int = 900) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _git_status() -> str:
-    return subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=ROOT,
-                          capture_output=True, text=True).stdout
+def _new_paths() -> set[str]:
+    """Untracked and ignored paths in the repository (what a run could have added to it)."""
+    out = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=ROOT,
+                         capture_output=True, text=True).stdout
+    return {line[3:] for line in out.splitlines() if line[:2] in ("??", "!!")}
 
 
 def _leaves(x, path=""):
@@ -53,13 +55,13 @@ def tiny_run(tmp_path_factory):
     home = base / "home"
     home.mkdir()
     out = base / "out"
-    before = _git_status()
+    before = _new_paths()
     # --in-process: one interpreter instead of 13 (each start-up costs seconds on a small box);
     # the one-process-per-command path runs in test_injected_wrong_results_fail_their_checks
     p = _run(["--device", "cpu", "--tiny", "--in-process", "--keep", "--out", str(out)], home)
     doc = json.loads((out / "acceptance.json").read_text())
     return {"proc": p, "doc": doc, "out": out, "home": home, "git_before": before,
-            "git_after": _git_status()}
+            "git_after": _new_paths()}
 
 
 def test_tiny_run_passes_every_step(tiny_run):
