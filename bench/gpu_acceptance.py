@@ -249,7 +249,6 @@ class Acceptance:
         self.deadline = self.t0 + args.time_limit
         self.ckpt = self.out / "runs" / "train-simclr-bf16" / "last.pt"
         self.features = None  # (train FeatureSet, test FeatureSet) from the extract step
-        self.figures: dict[str, dict] = {}
         self.header = self._header()
 
     # ------------------------------------------------------------------ environment
@@ -314,7 +313,7 @@ class Acceptance:
                 fn(rec, timeout)
             failed = [k for k, c in rec["checks"].items() if not c["ok"]]
             if failed:
-                raise StepFailed("device and CPU disagree on " + ", ".join(failed))
+                raise StepFailed("comparisons that did not hold: " + ", ".join(failed))
             rec["status"] = "pass"
         except (StepFailed, StepTimeout) as e:
             rec.update(status="fail", error=str(e))
