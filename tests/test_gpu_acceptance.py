@@ -207,3 +207,20 @@ def test_non_empty_output_folder_refused(tmp_path):
     p = _run(["--tiny", "--device", "cpu", "--out", str(out)], tmp_path)
     assert p.returncode == 2 and "not an empty folder" in p.stderr
     assert [x.name for x in out.iterdir()] == ["keep.txt"]
+
+
+def test_time_limit_stops_a_step_and_skips_what_needs_it(tmp_path):
+    """A step that runs past its time is stopped and failed, a step that needs it is skipped,
+    and the run still writes its whole JSON and exits 1."""
+    out = tmp_path / "out"
+    p = _run(["--tiny", "--device", "cpu", "--out", str(out), "--time-limit", "3",
+              "--only", "train-simclr-bf16,extract"], tmp_path)
+    assert p.returncode == 1, p.stderr[-2000:]
+    doc = json.loads((out / "acceptance.json").read_text())
+    assert doc["complete"] is True and doc["passed"] is False
+    train, extract = doc["steps"]
+    assert train["status"] == "fail" and "ran past 3 s" in train["error"]
+    assert train["seconds"] < 10  # stopped, not run to its end
+    assert extract["status"] == "skipped"
+    assert extract["error"] in ("needs step train-simclr-bf16, which did not pass",
+                                "not started: the run's time limit of 3 s was reached")
