@@ -276,6 +276,21 @@ class Acceptance:
             "inject": sorted(self.inject),
         }
 
+    def check_configs(self) -> None:
+        """Build every training config of the run (preset + overrides) before any work:
+        a key or value the trainer no longer accepts is a UserError naming the step."""
+        from repdiag.errors import UserError
+        from train.config import load_config
+
+        specs = [(s, *self.train_spec(s)[:2]) for s in self.steps if s.startswith("train-")]
+        if "check-first-step-loss" in self.steps:
+            specs.append(("check-first-step-loss", "fmnist-tiny", self._first_step_sets("cpu", "fp32")))
+        for step, config, sets in specs:
+            try:
+                load_config(config, sets)
+            except UserError as e:
+                raise UserError(f"step {step}: {e}") from None
+
     def budget(self, step: str) -> float:
         return TINY_BUDGET if self.tiny else BUDGETS[step]
 
@@ -395,10 +410,29 @@ class Acceptance:
         return json.loads(stdout.strip().splitlines()[-1])
 
     # ------------------------------------------------------------------ training
-    def _train(self, rec, timeout, config: str, sets: list[str], expect: dict) -> None:
+    def train_spec(self, step: str) -> tuple[str, list[str], dict]:
+        """(preset, every --set of the run, the runtime the trainer must resolve) of a step."""
+        cuda = self.device.type == "cuda"
+        prec = "bf16" if cuda else "fp32"  # bf16 autocast (what auto picks) is a GPU path
+        config, sets, compile_ = {
+            "train-simclr-bf16": ("fmnist-tiny", [*self.size["train"], f"precision={prec}"], False),
+            "train-simclr-fp32": ("fmnist-tiny", [*self.size["train"], "precision=fp32"], False),
+            "train-simclr-compile": ("fmnist-tiny", [*self.size["train"], f"precision={prec}",
+                                                     "compile=true"], True),
+            "train-bilevel": ("fmnist-tiny", [*self.size["few_steps"], "scheme.kind=bilevel"],
+                              False),
+            "train-simsiam": ("fmnist-simsiam-tiny", self.size["few_steps"], False),
+        }[step]
+        expect = {"precision": "fp32" if step == "train-simclr-fp32" else prec,
+                  "compile": compile_, "device": str(self.device),
+                  "channels_last": cuda, "data_on_device": True}
+        return config, [f"data={self.data}", f"device={self.device}", *sets], expect
+
+    def _train(self, rec, timeout) -> None:
+        config, sets, expect = self.train_spec(rec["name"])
         run_dir = self.out / "runs" / rec["name"]
         argv = [sys.executable, "-m", "repdiag", "train", "--config", config, "--out", run_dir,
-                "--quiet", "--set", f"data={self.data}", "--set", f"device={self.device}"]
+                "--quiet"]
         for s in sets:
             argv += ["--set", s]
         self._subprocess(rec, argv, timeout, rec["name"])
@@ -423,45 +457,33 @@ class Acceptance:
             raise StepFailed("the trainer ran otherwise than asked: " + ", ".join(
                 f"{k}={got!r} (asked {want!r})" for k, (got, want) in wrong.items()))
 
-    def _expect(self, precision: str, compile_: bool = False) -> dict:
-        cuda = self.device.type == "cuda"
-        return {"precision": precision, "compile": compile_, "device": str(self.device),
-                "channels_last": cuda, "data_on_device": True}
-
     def step_train_simclr_bf16(self, rec, timeout):
-        prec = "bf16" if self.device.type == "cuda" else "fp32"  # bf16 autocast is a GPU path
-        self._train(rec, timeout, "fmnist-tiny", [*self.size["train"], f"precision={prec}"],
-                    self._expect(prec))
+        self._train(rec, timeout)
 
     def step_train_simclr_fp32(self, rec, timeout):
-        self._train(rec, timeout, "fmnist-tiny", [*self.size["train"], "precision=fp32"],
-                    self._expect("fp32"))
+        self._train(rec, timeout)
 
     def step_train_simclr_compile(self, rec, timeout):
-        prec = "bf16" if self.device.type == "cuda" else "fp32"
-        self._train(rec, timeout, "fmnist-tiny",
-                    [*self.size["train"], f"precision={prec}", "compile=true"],
-                    self._expect(prec, compile_=True))
+        self._train(rec, timeout)
 
     def step_train_bilevel(self, rec, timeout):
-        prec = "bf16" if self.device.type == "cuda" else "fp32"
-        self._train(rec, timeout, "fmnist-tiny", [*self.size["few_steps"], "scheme.kind=bilevel"],
-                    self._expect(prec))
+        self._train(rec, timeout)
 
     def step_train_simsiam(self, rec, timeout):
-        prec = "bf16" if self.device.type == "cuda" else "fp32"
-        self._train(rec, timeout, "fmnist-simsiam-tiny", self.size["few_steps"], self._expect(prec))
+        self._train(rec, timeout)
 
     # ------------------------------------------------------------------ first-step loss
+    def _first_step_sets(self, device: str, precision: str) -> list[str]:
+        return [*self.size["first_step"], f"data={self.data}", f"device={device}",
+                f"precision={precision}", "epochs=1", "val_fraction=0", "knn_every=0",
+                "save_every=0"]
+
     def _first_loss(self, device: str, precision: str, tag: str) -> float:
         """The loss of the first SimCLR step (batch and views drawn from the run's seed)."""
         from train.config import load_config
         from train.trainer import Trainer
 
-        cfg = load_config("fmnist-tiny", [*self.size["first_step"], f"data={self.data}",
-                                          f"device={device}", f"precision={precision}",
-                                          "epochs=1", "val_fraction=0", "knn_every=0",
-                                          "save_every=0"])
+        cfg = load_config("fmnist-tiny", self._first_step_sets(device, precision))
         tr = Trainer(cfg, self.out / "first-step" / tag, quiet=True)
         v1, v2 = next(iter(tr._epoch_loader(1)))
         return float(tr.scheme.train_step(v1, v2))
@@ -887,6 +909,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_acceptance: {' '.join(str(e).split())}", file=sys.stderr)
         return UserError.exit_code
     acc = Acceptance(args, steps)
+    try:
+        acc.check_configs()
+    except UserError as e:
+        shutil.rmtree(out / "tmp", ignore_errors=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        print(f"gpu_acceptance: {' '.join(str(e).split())}", file=sys.stderr)
+        return UserError.exit_code
     print(f"gpu_acceptance: {len(steps)} steps on {acc.header['device_name']} ({args.device}), "
           f"torch {acc.header['torch']}, CUDA {acc.header['cuda']}, data {args.data}, "
           f"time limit {args.time_limit:.0f} s -> {out / 'acceptance.json'}", flush=True)

@@ -224,3 +224,36 @@ def test_time_limit_stops_a_step_and_skips_what_needs_it(tmp_path):
     assert extract["status"] == "skipped"
     assert extract["error"] in ("needs step train-simclr-bf16, which did not pass",
                                 "not started: the run's time limit of 3 s was reached")
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("gpu_acceptance", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_full_size_configs_are_checked_before_any_work(tmp_path):
+    """The GPU run's own (not --tiny) training configs are built before the first step: here
+    they all build, and with no time left every step is skipped, none refused."""
+    pytest.importorskip("lightly")
+    out = tmp_path / "out"
+    p = _run(["--device", "cpu", "--data", "synthetic", "--out", str(out), "--time-limit", "1e-9"],
+             tmp_path)
+    assert p.returncode == 1, p.stderr[-2000:]
+    doc = json.loads((out / "acceptance.json").read_text())
+    assert doc["tiny"] is False and sum(doc["budgets_s"].values()) == 480
+    assert {s["status"] for s in doc["steps"]} == {"skipped"}
+
+
+def test_a_training_config_the_trainer_refuses_names_its_step(tmp_path, monkeypatch):
+    from repdiag.errors import UserError
+
+    ga = _load_script()
+    args = ga.build_parser().parse_args(["--device", "cpu", "--tiny", "--out", str(tmp_path / "o")])
+    steps = ga.check_options(args)
+    args.data = "synthetic"
+    acc = ga.Acceptance(args, steps)
+    acc.size["few_steps"] = [*acc.size["few_steps"], "no_such_key=1"]
+    with pytest.raises(UserError, match=r"^step train-bilevel: .*no_such_key"):
+        acc.check_configs()
