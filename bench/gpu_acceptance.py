@@ -292,6 +292,7 @@ class Acceptance:
                 raise UserError(f"step {step}: {e}") from None
 
     def budget(self, step: str) -> float:
+        """Seconds this step may take (twice that stops it)."""
         return TINY_BUDGET if self.tiny else BUDGETS[step]
 
     def child_env(self) -> dict:
@@ -300,6 +301,7 @@ class Acceptance:
 
     # ------------------------------------------------------------------ running
     def run(self) -> dict:
+        """Run every step in order, writing the JSON after each; the final document."""
         for step in self.steps:
             rec = {"name": step, "status": None, "seconds": None, "budget_s": self.budget(step),
                    "figures": {}, "checks": {}, "error": None}
@@ -458,18 +460,23 @@ class Acceptance:
                 f"{k}={got!r} (asked {want!r})" for k, (got, want) in wrong.items()))
 
     def step_train_simclr_bf16(self, rec, timeout):
+        """SimCLR, bf16 autocast on a GPU (fp32 on the CPU): the checkpoint the diagnostics read."""
         self._train(rec, timeout)
 
     def step_train_simclr_fp32(self, rec, timeout):
+        """The same SimCLR training in fp32."""
         self._train(rec, timeout)
 
     def step_train_simclr_compile(self, rec, timeout):
+        """The same SimCLR training with torch.compile of the backbone."""
         self._train(rec, timeout)
 
     def step_train_bilevel(self, rec, timeout):
+        """A few steps of paper G's bilevel scheme (eq. 8)."""
         self._train(rec, timeout)
 
     def step_train_simsiam(self, rec, timeout):
+        """A few steps of SimSiam."""
         self._train(rec, timeout)
 
     # ------------------------------------------------------------------ first-step loss
@@ -489,6 +496,7 @@ class Acceptance:
         return float(tr.scheme.train_step(v1, v2))
 
     def step_check_first_step_loss(self, rec, timeout):
+        """First-step loss on the device (fp32, bf16) against the CPU's fp32 loss."""
         cpu = self._first_loss("cpu", "fp32", "cpu-fp32")
         # bf16 autocast is checked on the CPU too: its autocast runs the same code
         for prec, rel in (("fp32", 2e-3), ("bf16", 3e-2)):
@@ -501,6 +509,7 @@ class Acceptance:
 
     # ------------------------------------------------------------------ features
     def step_extract(self, rec, timeout):
+        """Train and test features of the checkpoint on the device, timed."""
         from repdiag.features import FeatureSource
 
         src = FeatureSource(str(self.ckpt), device=str(self.device), limit=self.size["limit"])
@@ -517,6 +526,7 @@ class Acceptance:
         rec["figures"]["images_per_s"] = round(n / (rec["figures"]["train_s"] + rec["figures"]["test_s"]), 1)
 
     def step_check_extraction(self, rec, timeout):
+        """Features of the same test images extracted on the device and on the CPU."""
         import repdiag
 
         n = min(256, self.size["check_test"] * 8)
@@ -535,6 +545,7 @@ class Acceptance:
         rec["figures"]["images"] = n
 
     def step_check_diagnostics(self, rec, timeout):
+        """Every diagnostic on a feature subset, on the device and on the CPU."""
         import torch
 
         import repdiag
@@ -600,6 +611,7 @@ class Acceptance:
                               rank_h=res["cpu"]["rank_h"], rank_z=res["cpu"]["rank_z"])
 
     def step_tsne_10k(self, rec, timeout):
+        """The exact-gradient torch t-SNE of (up to) 10,000 test features on the device."""
         import repdiag
 
         tr, te = self.features
@@ -619,6 +631,7 @@ class Acceptance:
         return args
 
     def step_cli_rank(self, rec, timeout):
+        """``repdiag rank --device``."""
         r = self._repdiag(rec, timeout, "rank", *self._cli_common("rank"))
         rec["figures"].update(rank_h=r["h"]["rank"], rank_z=r["z"]["rank"],
                               rank_deficit=r["rank_deficit"],
@@ -633,23 +646,28 @@ class Acceptance:
                               residual=r["residual"])
 
     def step_cli_nullspace_knn(self, rec, timeout):
+        """``repdiag nullspace --probe knn --device``."""
         self._cli_nullspace(rec, timeout, "knn")
 
     def step_cli_nullspace_linear(self, rec, timeout):
+        """``repdiag nullspace --probe linear --device``."""
         self._cli_nullspace(rec, timeout, "linear")
 
     def step_cli_spectrum(self, rec, timeout):
+        """``repdiag spectrum --device``."""
         r = self._repdiag(rec, timeout, "spectrum", *self._cli_common("spectrum"))
         rec["figures"].update(eigenvalues_h=len(r["h"]), top_eigenvalue_h=r["h"][0],
                               eigenvalues_z=len(r["z"]), top_eigenvalue_z=r["z"][0])
 
     def step_cli_tsne(self, rec, timeout):
+        """``repdiag tsne --backend torch --device`` on 10,000 test points."""
         r = self._repdiag(rec, timeout, "tsne", *self._cli_common("tsne"), "--backend", "torch",
                           "--on", "h", "--max-points", str(self.size["tsne_points"]))
         rec["figures"].update(points=r["h"]["n"], backend=r["h"]["backend"],
                               kl_divergence=r["h"]["kl_divergence"])
 
     def step_cli_report(self, rec, timeout):
+        """``repdiag report --device``: the HTML page must be written."""
         r = self._repdiag(rec, timeout, "report", *self._cli_common("report"),
                           "--tsne-points", str(self.size["report_tsne"]))
         html = Path(r["html"])
@@ -674,12 +692,15 @@ class Acceptance:
         f["batch"], f["timed_steps"] = r["batch"], r["timed_steps"]
 
     def step_bench_train_r18(self, rec, timeout):
+        """bench_train.py, ResNet-18, reduced steps."""
         self._bench_train(rec, timeout, "resnet18", self.size["bench_train_r18"])
 
     def step_bench_train_r50(self, rec, timeout):
+        """bench_train.py, ResNet-50, reduced steps."""
         self._bench_train(rec, timeout, "resnet50", self.size["bench_train_r50"])
 
     def step_bench_diagnostics(self, rec, timeout):
+        """bench_diagnostics.py's suite: repdiag on the device against scikit-learn on the host."""
         bd = _import_bench("bench_diagnostics")
         s = self.size["features"]
         htr, ytr, hte, yte, a = bd.make_features(s["n_train"], s["n_test"], s["m"], s["d"], 10)
