@@ -28,7 +28,7 @@ def embed(backbone: torch.nn.Module, images: torch.Tensor, device: torch.device,
 
 def fixed_subset(n: int, size: int, seed: int) -> torch.Tensor:
     """A seeded random subset of ``range(n)`` of at most ``size`` indices."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed % 2**64)  # derived seeds may pass 2^64
     return torch.randperm(n, generator=gen)[: min(n, size)]
 
 

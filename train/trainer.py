@@ -43,6 +43,7 @@ from repdiag.data.paths import missing_folders, remove_empty_folders
 from repdiag.errors import UserError
 from repdiag.models import BackboneSpec, HeadSpec, build_backbone, build_head, default_cifar_stem
 from repdiag.precision import resolve_precision
+from repdiag.runs import RunLock, repair_best
 from train.autoencoder import (
     CHECKPOINT_NAME,
     AEConfig,
@@ -61,6 +62,7 @@ from train.config import (
 from train.device import resolve_device
 from train.distributed import convert_sync_batchnorm, init_world, wrap_backbone
 from train.monitor import epoch_monitor
+from train.output import checked
 from train.schemes import build_scheme, load_pretrained_head
 
 
@@ -97,7 +99,12 @@ def augment_config(cfg: TrainConfig, image_size: int, mean=None, std=None) -> Au
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The CPU generator that drives shuffling and augmentation in ``epoch``."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.Generator().manual_seed(seed_value(seed * 1_000_003 + epoch))
+
+
+def seed_value(x: int) -> int:
+    """A derived seed folded into torch's range (``x mod 2^64``); unchanged below 2^64."""
+    return x % 2**64
 
 
 #: data_on_device=auto holds the training images on a GPU when they take at most this
@@ -128,12 +135,31 @@ class Trainer:
         self.world, self.device = init_world(resolve_device(cfg.device))
         cfg.world_size = self.world.world_size
         self.quiet = quiet or not self.world.is_main
-        created = missing_folders(self.out) if self.world.is_main else []
+        self.resume = resume
+        self.lock = RunLock(self.out)
+        self._created = missing_folders(self.out) if self.world.is_main else []
+        self._checkpoints_created = not (self.out / "checkpoints").exists()
+        self._written: list[Path] = []  # files this run created (removed if it never got a last.pt)
         try:
             self._setup(resume)
-        except BaseException:  # a run that could not start leaves no empty folder behind
-            remove_empty_folders([self.out / "checkpoints", *created] if created else [])
+        except BaseException:  # a run that could not start leaves no folder or lock behind
+            self._abandon()
             raise
+
+    def _abandon(self) -> None:
+        """After a failure: a run that never wrote last.pt leaves nothing it created behind.
+
+        Only files and folders this Trainer created are removed (a resumed run, or
+        one with a last.pt, keeps everything); then the run-folder lock is released.
+        """
+        if self.world.is_main and not (self.out / "last.pt").exists():
+            for path in reversed(self._written):
+                path.unlink(missing_ok=True)
+            self._written.clear()
+            folders = [self.out / "checkpoints"] if self._checkpoints_created else []
+            self.lock.release()
+            remove_empty_folders(folders + self._created)
+        self.lock.release()
 
     def _setup(self, resume: bool) -> None:
         cfg = self.cfg
@@ -270,15 +296,20 @@ class Trainer:
             self._check_out_dir(resume)
             return
         try:
-            (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot write to --out {self.out}: {e.strerror or e}") from None
+        self.lock.acquire()  # one writer per run folder, before anything in it changes
+        try:
+            (self.out / "checkpoints").mkdir(exist_ok=True)
             probe = self.out / ".write-test"
             probe.write_text("")
             probe.unlink()
         except OSError as e:
             raise UserError(f"cannot write to --out {self.out}: {e.strerror or e}") from None
+        self._check_out_dir(resume)
         for folder in (self.out, self.out / "checkpoints"):  # left by a killed write
             remove_stale_temp_files(folder)
-        self._check_out_dir(resume)
 
     def _check_out_dir(self, resume: bool) -> None:
         if resume and not (self.out / "last.pt").exists():
@@ -309,6 +340,9 @@ class Trainer:
             self.scheduler.load_state_dict(ck.scheduler)
         self.scheme.load_extra(ck.extra)
         self.epoch, self.step, self.metrics = ck.epoch, ck.step, list(ck.metrics)
+        check_resume_epochs(self.cfg, self.epoch, self.out)
+        if self.world.is_main:
+            checked(self.out / "best.pt", lambda: repair_best(self.out, self.epoch, self.metrics))
 
     def _sync_head(self) -> None:
         """Rank 0's head (and SimSiam predictor) on every rank after an epoch-end update."""
@@ -317,7 +351,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict:
-        """Train from the current epoch to ``cfg.epochs``; returns the last metrics line."""
+        """Train from the current epoch to ``cfg.epochs``; returns the last metrics line.
+
+        The run folder stays locked until it returns. If it fails before a
+        ``last.pt`` exists, the files it wrote and the folders it created are removed.
+        """
+        try:
+            return self._run()
+        except BaseException:
+            self._abandon()
+            raise
+        finally:
+            self.lock.release()
+
+    def _run(self) -> dict:
         self._write_config()
         self._rewrite_metrics()
         if self.epoch == 0:
@@ -341,7 +388,7 @@ class Trainer:
             if self.cfg.save_every and self.epoch % self.cfg.save_every == 0:
                 self._save(self.out / "checkpoints" / f"epoch_{self.epoch:03d}.pt")
             self._save(self.out / "last.pt")
-            if best:
+            if best:  # after last.pt: a kill between the two is repaired on resume (repair_best)
                 self._save(self.out / "best.pt")
             if not self.quiet:
                 tqdm.write(format_metrics(line))
@@ -473,26 +520,37 @@ class Trainer:
             step=self.step, optimizer=self.scheme.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
             rng={"torch": torch.get_rng_state()}, metrics=self.metrics, extra=extra)
-        atomic_torch_save(ck, path)
+        self._write(path, lambda: atomic_torch_save(ck, path))
+
+    def _write(self, path: Path, write) -> None:
+        """One atomic write of a run file; a full disk is one line; new files are recorded."""
+        new = not path.exists()
+        checked(path, write)
+        if new:
+            self._written.append(path)
 
     def _write_config(self) -> None:
         if not self.world.is_main:
             return
-        atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        path = self.out / "config.yaml"
+        text = yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
+        self._write(path, lambda: atomic_write_text(path, text))
 
     def _rewrite_metrics(self) -> None:
         """metrics.jsonl holds exactly the epochs in the checkpoint (drops a lost epoch)."""
         if not self.world.is_main:
             return
-        atomic_write_text(self.out / "metrics.jsonl",
-                          "".join(json.dumps(m) + "\n" for m in self.metrics))
+        path = self.out / "metrics.jsonl"
+        text = "".join(json.dumps(m) + "\n" for m in self.metrics)
+        self._write(path, lambda: atomic_write_text(path, text))
 
     def _append_metrics(self, line: dict) -> None:
-        if not self.world.is_main:
-            return
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(line) + "\n")
-            f.flush()
+        """The epoch's line at the end of metrics.jsonl, written whole or not at all.
+
+        The file is rewritten atomically (it is small: one line per epoch), so a
+        full disk or a kill never leaves half a line.
+        """
+        self._rewrite_metrics()
 
 
 def head_vector(head: torch.nn.Module) -> torch.Tensor | None:
@@ -525,12 +583,33 @@ def format_metrics(line: dict) -> str:
     return " | ".join(parts)
 
 
+def check_resume_epochs(cfg: TrainConfig, done: int, where) -> None:
+    """Refuse a resume whose ``epochs`` is fewer than the run has done (it would rewrite history)."""
+    if cfg.epochs < done:
+        raise UserError(f"epochs={cfg.epochs} is fewer than the {done} epochs {where} has done; "
+                        "a resume cannot undo epochs (start a new run with --out)")
+
+
 def config_from_checkpoint(out_dir: str | os.PathLike) -> TrainConfig:
     """The TrainConfig stored in ``out_dir/last.pt`` (for ``--resume``)."""
-    ck = load_checkpoint(Path(out_dir) / "last.pt")
+    return resume_state(out_dir)[0]
+
+
+def resume_state(out_dir: str | os.PathLike) -> tuple[TrainConfig, int]:
+    """(the TrainConfig stored in ``out_dir/last.pt``, the epochs it has done), checked."""
+    path = Path(out_dir) / "last.pt"
+    try:
+        ck = load_checkpoint(path)
+    except (ValueError, AttributeError) as e:  # e.g. epoch "abc"
+        raise UserError(f"{path}: damaged repdiag checkpoint ({e})") from None
+    if not isinstance(ck.config, dict):
+        raise UserError(f"{path}: damaged repdiag checkpoint (its config is "
+                        f"{type(ck.config).__name__}, not a mapping)")
+    if not isinstance(ck.epoch, int) or ck.epoch < 0:
+        raise UserError(f"{path}: damaged repdiag checkpoint (epoch {ck.epoch!r})")
     # keys added after the run was written resume with the values it was trained with
     stored = {**LEGACY_VALUES, **ck.config}
-    cfg = from_dict(TrainConfig, stored, where=str(Path(out_dir) / "last.pt"))
+    cfg = from_dict(TrainConfig, stored, where=str(path))
     validate(cfg)
-    return cfg
+    return cfg, ck.epoch
 
