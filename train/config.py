@@ -328,7 +328,6 @@ def validate(cfg: TrainConfig) -> None:
         if value is not None and not 0 <= value <= MAX_SEED:
             raise UserError(f"{name} must be an integer in 0..2^63-1 ({MAX_SEED}), got "
                             f"{_short_repr(value)}")
-    check_number_fields(cfg)
     if cfg.method not in METHODS:
         raise UserError(f"unknown method '{cfg.method}'; known: {', '.join(METHODS)}")
     if cfg.scheme.kind not in SCHEMES:
@@ -345,6 +344,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.save_every < 0 or cfg.knn_every < 0:
         raise UserError("save_every and knn_every must be >= 0 (0 turns them off)")
     _validate_numbers(cfg)
+    check_number_fields(cfg)  # after the checks with a more specific message
     if not cfg.temperature > 0:
         raise UserError(f"temperature must be positive, got {cfg.temperature}")
     if not 0 <= cfg.val_fraction < 1:

@@ -47,6 +47,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -343,7 +344,7 @@ def _run_locked(grid: Grid, runs: list[SweepRun], out: Path, quiet: bool,
             if state is not None and state[0] >= run.config.epochs:
                 counts["skipped"] += 1
                 action, metrics, status = "done already", state[2], "finished"
-                checked(run_dir / "best.pt", lambda: repair_best(run_dir, state[0], state[2]))
+                checked(run_dir / "best.pt", partial(repair_best, run_dir, *state[::2]))
             else:
                 resume = state is not None
                 counts["resumed" if resume else "started"] += 1
