@@ -384,12 +384,16 @@ class Trainer:
             line.update(self._evaluate(self.epoch))
             best = self._is_best(line)
             self.metrics.append(line)
-            self._append_metrics(line)
+            # Order of the epoch's writes, each atomic: a kill or a full disk between two of
+            # them leaves a state that --resume completes: metrics.jsonl never lists an epoch
+            # last.pt lacks (it is rewritten from last.pt on resume), and best.pt, written
+            # after last.pt, is brought up to date from last.pt's history (repair_best).
             if self.cfg.save_every and self.epoch % self.cfg.save_every == 0:
                 self._save(self.out / "checkpoints" / f"epoch_{self.epoch:03d}.pt")
             self._save(self.out / "last.pt")
-            if best:  # after last.pt: a kill between the two is repaired on resume (repair_best)
+            if best:
                 self._save(self.out / "best.pt")
+            self._append_metrics(line)
             if not self.quiet:
                 tqdm.write(format_metrics(line))
         self.world.barrier()  # no rank finishes before rank 0 has written the last checkpoint
