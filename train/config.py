@@ -383,6 +383,8 @@ def _validate_numbers(cfg: TrainConfig) -> None:
             raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.data_limit is not None and cfg.data_limit < 1:
         raise UserError(f"data_limit must be at least 1 (or null), got {cfg.data_limit}")
+    if not math.isfinite(cfg.width):
+        raise UserError(f"width must be a finite number, got {cfg.width}")
     if not cfg.width > 0:
         raise UserError(f"width must be positive, got {cfg.width}")
     if cfg.width > MAX_WIDTH:

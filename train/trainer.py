@@ -281,14 +281,14 @@ class Trainer:
                 tqdm.write(f"head.kind=ae without head.ae_checkpoint: training the autoencoder "
                            f"(latent {cfg.head.hidden_dim}, {cfg.head.ae_epochs} epochs) "
                            f"into {ae_dir}")
-            train_autoencoder(AEConfig(data=cfg.data, data_root=cfg.data_root,
-                                       data_limit=cfg.data_limit, val_fraction=cfg.val_fraction,
-                                       split_scheme=cfg.split_scheme, split_seed=cfg.split_seed,
-                                       image_size=cfg.image_size,
-                                       label_level=cfg.label_level,
-                                       latent=cfg.head.hidden_dim, epochs=cfg.head.ae_epochs,
-                                       hidden=self.backbone.feature_dim,
-                                       seed=cfg.seed, device=cfg.device), ae_dir, quiet=self.quiet)
+            ae_config = AEConfig(data=cfg.data, data_root=cfg.data_root,
+                                 data_limit=cfg.data_limit, val_fraction=cfg.val_fraction,
+                                 split_scheme=cfg.split_scheme, split_seed=cfg.split_seed,
+                                 image_size=cfg.image_size, label_level=cfg.label_level,
+                                 latent=cfg.head.hidden_dim, epochs=cfg.head.ae_epochs,
+                                 hidden=self.backbone.feature_dim, seed=cfg.seed,
+                                 device=cfg.device)
+            checked(ae_dir, lambda: train_autoencoder(ae_config, ae_dir, quiet=self.quiet))
         return str(path)
 
     def _prepare_out_dir(self, resume: bool) -> None:
