@@ -342,3 +342,73 @@ def test_resume_of_a_checkpoint_with_wrong_types_is_one_line(finished, tmp_path,
     code, err = run_cli(capsys, ["train", "--resume", str(run), "--quiet"])
     assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err and sorted(p.name for p in run.iterdir()) == ["last.pt"]
+
+
+# ---------------------------------------------------------------------------- sweeps
+SWEEP_SET = ["data=synthetic", "data_limit=32", "width=0.125", "batch_size=16", "knn_subset=32",
+             "knn_k=5", "head.hidden_dim=16", "head.out_dim=8", "epochs=1", "save_every=0",
+             "cifar_stem=false"]
+
+
+def test_a_sweep_survives_a_damaged_cache_and_refuses_second_writers_and_full_disks(
+        tmp_path, capsys, monkeypatch, holder, one_thread):
+    import train.sweep as sweep_mod
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml_dump({"base": "fmnist-tiny", "set": SWEEP_SET,
+                               "grid": {"head.kind": ["linear"]}}))
+    out = tmp_path / "sweep"
+    argv = ["sweep", str(grid), "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    run = out / "head.kind-linear__seed-0"
+    results = (out / "results.csv").read_text()
+    assert "knn_g_h" in results
+
+    (run / "probes.json").write_text("")  # emptied cache: measured again, not a traceback
+    code, err = run_cli(capsys, argv)
+    assert code == 0, err
+    assert "knn_g_h" in json.loads((run / "probes.json").read_text())
+    assert (out / "results.csv").read_text() == results
+
+    for folder in (out, run):  # a second writer on the sweep folder or on one of its runs
+        other = holder(folder)
+        code, err = run_cli(capsys, argv)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"{folder} is being written by another repdiag process (pid {other.pid})" in err
+        other.kill()
+        other.wait()
+
+    real = sweep_mod.atomic_write_text
+
+    def full(path, text):
+        if os.path.basename(path) == "results.csv":
+            ckmod._atomic_write(path, lambda f: (_ for _ in ()).throw(
+                OSError(errno.ENOSPC, "No space left on device")))
+        return real(path, text)
+
+    monkeypatch.setattr(sweep_mod, "atomic_write_text", full)
+    code, err = run_cli(capsys, argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"cannot write {out / 'results.csv'}: No space left on device" in err
+    assert (out / "results.csv").read_text() == results
+    assert not any(p.name.endswith(".tmp") or p.name == LOCK_NAME for p in out.rglob("*"))
+
+
+def test_a_sweep_that_fails_before_any_result_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    def no_data(*a, **k):
+        from repdiag.errors import UserError
+
+        raise UserError("dataset 'synthetic' not found (simulated)")
+
+    monkeypatch.setattr(trainer_mod, "load_dataset", no_data)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml_dump({"base": "fmnist-tiny", "set": SWEEP_SET}))
+    code, err = run_cli(capsys, ["sweep", str(grid), "--out", str(tmp_path / "a" / "s"),
+                                 "--quiet"])
+    assert code == 2 and "simulated" in err and not (tmp_path / "a").exists()
+
+
+def yaml_dump(tree):
+    import yaml
+
+    return yaml.safe_dump(tree, sort_keys=False)
