@@ -256,3 +256,18 @@ def test_cli_refuses_unbounded_numbers_before_making_the_run_folder(tmp_path_fac
         code = main(argv)
     assert code == 2 and len(err.getvalue().strip().splitlines()) == 1, err.getvalue()
     assert not out.exists()
+
+
+def test_a_preset_name_is_a_preset_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fmnist-tiny").mkdir()  # e.g. runs kept under the preset's name
+    (tmp_path / "notes").write_text("just words\n")
+    assert load_config("fmnist-tiny", ["data=synthetic"]).name == "fmnist-tiny"
+    with pytest.raises(UserError, match="notes: not a YAML config"):
+        load_config("notes")
+
+
+def test_a_run_diverging_in_its_first_epoch_leaves_no_folder(tmp_path, capsys, one_thread):
+    code, err = train(capsys, tmp_path / "a" / "run", "optim.name=sgd", "optim.lr=1e8")
+    assert code == 2 and "training diverged" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "a").exists()

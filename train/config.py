@@ -214,13 +214,15 @@ def config_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     looks_like_path = (os.sep in name_or_path or path.suffix in (".yaml", ".yml")
                        or name_or_path in (".", ".."))
-    if looks_like_path or path.exists() or path.is_symlink():
+    if looks_like_path:
         return path
     preset = PRESET_DIR / f"{name_or_path}.yaml"
-    if not preset.is_file():
-        raise UserError(f"unknown preset '{name_or_path}'; known: {', '.join(list_presets())} "
-                        "(or give a path to a YAML file)")
-    return preset
+    if preset.is_file():  # a bare preset name wins over a folder of that name here
+        return preset
+    if path.exists() or path.is_symlink():
+        return path
+    raise UserError(f"unknown preset '{name_or_path}'; known: {', '.join(list_presets())} "
+                    "(or give a path to a YAML file)")
 
 
 def _kind(value) -> str:
