@@ -412,3 +412,25 @@ def yaml_dump(tree):
     import yaml
 
     return yaml.safe_dump(tree, sort_keys=False)
+
+
+def test_a_diverged_sweep_run_is_a_result_and_leaves_no_folder(tmp_path, capsys, one_thread):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml_dump({"base": "fmnist-tiny",
+                               "set": [*SWEEP_SET, "optim.name=sgd", "optim.lr=1e8"]}))
+    out = tmp_path / "sweep"
+    code, err = run_cli(capsys, ["sweep", str(grid), "--out", str(out), "--quiet"])
+    assert code == 0, err
+    assert "diverged" in (out / "results.csv").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["grid.yaml", "results.csv", "summary.csv"]
+
+
+def test_a_trainer_built_but_never_run_gives_the_folder_back(tmp_path, one_thread):
+    import gc
+
+    t = Trainer(load_config("fmnist-tiny", TINY), tmp_path / "run", quiet=True)
+    assert (tmp_path / "run" / LOCK_NAME).exists()
+    del t
+    gc.collect()
+    assert not (tmp_path / "run" / LOCK_NAME).exists()
+    RunLock(tmp_path / "run").acquire().release()

@@ -370,6 +370,8 @@ def _run_locked(grid: Grid, runs: list[SweepRun], out: Path, quiet: bool,
                                             grid.checkpoint or run.config.select))
         finally:
             lock.release()
+            if not (run_dir / "last.pt").exists():  # diverged in its first epoch: no folder
+                remove_empty_folders([p for p in (run_dir / "checkpoints", run_dir) if p.exists()])
         rows.append(row)
         write_tables(rows, list(grid.grid), out)
     return {"out": str(out), "runs": len(runs), **counts,

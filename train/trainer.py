@@ -146,6 +146,11 @@ class Trainer:
             self._abandon()
             raise
 
+    def __del__(self):  # a Trainer built but never run gives its run folder back
+        lock = getattr(self, "lock", None)
+        if lock is not None:
+            lock.release()
+
     def _abandon(self) -> None:
         """After a failure: a run that never wrote last.pt leaves nothing it created behind.
 
@@ -158,7 +163,7 @@ class Trainer:
             self._written.clear()
             folders = [self.out / "checkpoints"] if self._checkpoints_created else []
             self.lock.release()
-            remove_empty_folders(folders + self._created)
+            remove_empty_folders([p for p in folders + self._created if p.exists()])
         self.lock.release()
 
     def _setup(self, resume: bool) -> None:
@@ -464,6 +469,11 @@ class Trainer:
             count += v1.shape[0] * self.world.world_size
             bar.set_postfix(loss=f"{loss:.4f}")
         seconds = time.perf_counter() - t0
+        if not all_finite(self.backbone, self.head):  # the last step can break them unseen
+            kept = (f"the last good checkpoint is {self.out / 'last.pt'} (epoch {self.epoch})"
+                    if self.epoch else "no checkpoint was written")
+            raise DivergedError(f"training diverged: the weights became NaN or inf in epoch "
+                                f"{epoch}; {kept}; lower optim.lr")
         line = {
             "epoch": epoch,
             "loss": total / max(1, count),
@@ -478,10 +488,25 @@ class Trainer:
         out = {}
         if len(self.data.val) >= 2:  # NT-Xent needs a negative
             out["val_loss"] = self.validation_loss()
+            if not math.isfinite(out["val_loss"]):
+                self._diverged(f"the validation loss became {out['val_loss']} at epoch {epoch}")
         if self.cfg.knn_every and (epoch % self.cfg.knn_every == 0 or epoch == self.cfg.epochs):
-            out.update(epoch_monitor(self.backbone, self.head, self.data, self.cfg, self.device,
-                                     *self.input_norm))
+            try:
+                out.update(epoch_monitor(self.backbone, self.head, self.data, self.cfg,
+                                         self.device, *self.input_norm))
+            except FloatingPointError as e:
+                self._diverged(f"{e} at epoch {epoch}")
         return out
+
+    def _diverged(self, what: str) -> None:
+        """Stop the run: DivergedError naming what broke and the last good checkpoint.
+
+        Called once the epoch counter has moved on, so the last good epoch is one less.
+        """
+        good = self.epoch - 1
+        kept = (f"the last good checkpoint is {self.out / 'last.pt'} (epoch {good})"
+                if good > 0 else "no checkpoint was written")
+        raise DivergedError(f"training diverged: {what}; {kept}; lower optim.lr")
 
     def validation_loss(self) -> float:
         """Mean contrastive loss on the validation split (paper S's checkpoint criterion).
@@ -555,6 +580,13 @@ class Trainer:
         full disk or a kill never leaves half a line.
         """
         self._rewrite_metrics()
+
+
+def all_finite(*modules: torch.nn.Module) -> bool:
+    """Whether every parameter and buffer of ``modules`` is finite (no NaN, no inf)."""
+    tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())
+               if t.is_floating_point()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def head_vector(head: torch.nn.Module) -> torch.Tensor | None:
