@@ -271,3 +271,14 @@ def test_a_run_diverging_in_its_first_epoch_leaves_no_folder(tmp_path, capsys, o
     code, err = train(capsys, tmp_path / "a" / "run", "optim.name=sgd", "optim.lr=1e8")
     assert code == 2 and "training diverged" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (f"seed={2**64}", "seed must be an integer in 0..2^63-1"),
+    ("lr=nan", "lr must be a finite number"),
+    ("latent=1e400", "latent: expected an integer"),
+])
+def test_train_ae_numbers_are_bounded_before_any_work(tmp_path, capsys, extra, msg):
+    out = tmp_path / "ae"
+    code = main(["train-ae", "--data", "synthetic", "--out", str(out), "--quiet", "--set", extra])
+    assert_one_line_refusal(code, capsys.readouterr().err, msg, out)

@@ -472,7 +472,7 @@ class Trainer:
         if not all_finite(self.backbone, self.head):  # the last step can break them unseen
             kept = (f"the last good checkpoint is {self.out / 'last.pt'} (epoch {self.epoch})"
                     if self.epoch else "no checkpoint was written")
-            raise DivergedError(f"training diverged: the weights became NaN or inf in epoch "
+            raise DivergedError(f"training diverged: the weights became NaN or inf at epoch "
                                 f"{epoch}; {kept}; lower optim.lr")
         line = {
             "epoch": epoch,
