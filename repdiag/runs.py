@@ -44,8 +44,32 @@ def run_checkpoint(folder: str | os.PathLike, select: str | None = None) -> Path
         if not best.is_file():
             raise UserError(f"{folder}: no best.pt (the run logged no validation loss); "
                             "use --checkpoint last")
+        if best_is_last(folder):  # stopped between last.pt and best.pt: last.pt is the best
+            return folder / "last.pt"
         return best
     return folder / "last.pt"
+
+
+def best_is_last(folder: str | os.PathLike) -> bool:
+    """Whether ``last.pt`` holds the best epoch while ``best.pt`` holds another one.
+
+    The trainer writes ``best.pt`` right after ``last.pt``; a run stopped between
+    the two has a ``best.pt`` one improvement behind until ``--resume`` repairs it
+    (:func:`repair_best`). Reading a run folder (which never writes into it) then
+    takes ``last.pt``, the same state ``best.pt`` would hold. Only ``epoch`` and
+    ``metrics`` are read (tensors memory-mapped, never loaded); anything unreadable
+    answers False and is left to the checkpoint loader to report.
+    """
+    import torch
+
+    folder = Path(folder)
+    try:
+        last = torch.load(folder / "last.pt", map_location="cpu", weights_only=True, mmap=True)
+        best = torch.load(folder / "best.pt", map_location="cpu", weights_only=True, mmap=True)
+        epoch, metrics, best_epoch_held = last["epoch"], list(last["metrics"]), best["epoch"]
+    except Exception:  # noqa: BLE001 - damaged files are the loader's to name
+        return False
+    return best_epoch(metrics) == epoch and best_epoch_held != epoch
 
 
 LOCK_NAME = ".repdiag-lock"

@@ -20,7 +20,7 @@ import torch
 import repdiag.checkpoint as ckmod
 import train.trainer as trainer_mod
 from repdiag.cli import main
-from repdiag.runs import LOCK_NAME, RunLock, best_epoch
+from repdiag.runs import LOCK_NAME, RunLock, best_epoch, run_checkpoint
 from train.config import load_config
 from train.trainer import Trainer
 
@@ -178,8 +178,13 @@ def test_best_pt_behind_last_pt_is_repaired_even_with_nothing_left_to_train(
         Trainer(load_config("fmnist-tiny", TINY), run, quiet=True).run()
     monkeypatch.undo()
     assert state(run / "best.pt")[0] == 2 and state(run / "last.pt")[0] == 3
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    # read before any resume: the diagnostics take last.pt, the best epoch, and write nothing
+    assert run_checkpoint(run, "best") == run / "last.pt"
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert_finished_like_reference(run, reference)
+    assert run_checkpoint(run, "best") == run / "best.pt"
 
 
 # a full disk at each write of a fresh run; files: which of them must exist afterwards
