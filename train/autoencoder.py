@@ -102,6 +102,14 @@ class AEConfig:
 
 
 def validate_ae_config(cfg: AEConfig) -> None:
+    """Refuse impossible autoencoder settings (numbers finite and in range) before any work."""
+    from train.config import MAX_SEED, check_number_fields
+
+    for name in ("seed", "split_seed"):
+        value = getattr(cfg, name)
+        if value is not None and not 0 <= value <= MAX_SEED:
+            raise UserError(f"{name} must be an integer in 0..2^63-1 ({MAX_SEED}), got {value}")
+    check_number_fields(cfg)
     for name in ("latent", "hidden"):
         if isinstance(getattr(cfg, name), bool) or getattr(cfg, name) < 1:
             raise UserError(f"{name} must be a positive integer, got {getattr(cfg, name)}")

@@ -41,16 +41,18 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Build the config, train, print the final metrics line as JSON."""
-    from train.trainer import Trainer, config_from_checkpoint  # heavy imports only when training
+    from train.trainer import Trainer, check_resume_epochs, resume_state  # heavy imports
 
     if args.resume:
+        check_resume_arguments(args)
         if not (Path(args.resume) / "last.pt").is_file():
             raise UserError(f"{args.resume}: nothing to resume (no last.pt)")
-        cfg = config_from_checkpoint(args.resume)
+        cfg, done = resume_state(args.resume)
         stored = copy.deepcopy(cfg)
         apply_overrides(cfg, args.overrides)
         validate(cfg)
         check_resume_overrides(stored, cfg, args.resume)
+        check_resume_epochs(cfg, done, args.resume)
         out, resume = args.resume, True
     else:
         if not args.config:
@@ -70,6 +72,18 @@ def run_train(args: argparse.Namespace) -> int:
     if trainer.world.is_main:  # one result line, not one per process
         print(json.dumps({"out": str(out), **final}))
     return 0
+
+
+def check_resume_arguments(args: argparse.Namespace) -> None:
+    """``--resume DIR`` takes the run's config from DIR/last.pt and writes DIR: a ``--config``,
+    or an ``--out`` other than DIR, would be silently ignored, so both are refused."""
+    if args.config:
+        raise UserError(f"--resume {args.resume} continues the run with the config stored in "
+                        f"it; drop --config {args.config} (use --set for what may change)")
+    if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise UserError(f"--resume {args.resume} writes into {args.resume}; drop --out "
+                        f"{args.out} (to start another run, use --config and --out without "
+                        "--resume)")
 
 
 def add_train_ae_parser(subparsers) -> argparse.ArgumentParser:

@@ -10,15 +10,16 @@ errors (one line, exit code 2).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from repdiag.errors import UserError
+from train.yaml_data import load_yaml, read_yaml_file
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -189,25 +190,46 @@ def list_presets() -> list[str]:
 
 
 def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Build a TrainConfig from a preset name or YAML path, then apply ``key=value`` overrides."""
-    path = Path(name_or_path)
-    if not (path.suffix in (".yaml", ".yml") and path.exists()):
-        path = PRESET_DIR / f"{name_or_path}.yaml"
-        if not path.exists():
-            raise UserError(
-                f"unknown preset '{name_or_path}'; known: {', '.join(list_presets())} "
-                "(or give a path to a YAML file)"
-            )
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    """Build a TrainConfig from a preset name or YAML path, then apply ``key=value`` overrides.
+
+    A name that exists as a file, contains a path separator or ends in
+    ``.yaml``/``.yml`` is a file: a folder, a special file, a binary or non-YAML
+    file is refused in one line that says so (never "unknown preset").
+    """
+    path = config_path(name_or_path)
+    tree = read_yaml_file(path, "YAML config file")
+    if tree is None:
+        tree = {}
     if not isinstance(tree, dict):
-        raise UserError(f"{path}: expected a mapping of config keys at the top level")
+        raise UserError(f"{path}: not a YAML config (expected a mapping of config keys, got "
+                        f"{_kind(tree)})")
     cfg = from_dict(TrainConfig, tree, where=str(path))
     apply_overrides(cfg, overrides)
     validate(cfg)
     return cfg
+
+
+def config_path(name_or_path: str) -> Path:
+    """The file a ``--config`` value names: a path as given, or a shipped preset."""
+    path = Path(name_or_path)
+    looks_like_path = (os.sep in name_or_path or path.suffix in (".yaml", ".yml")
+                       or name_or_path in (".", ".."))
+    if looks_like_path:
+        return path
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if preset.is_file():  # a bare preset name wins over a folder of that name here
+        return preset
+    if path.exists() or path.is_symlink():
+        return path
+    raise UserError(f"unknown preset '{name_or_path}'; known: {', '.join(list_presets())} "
+                    "(or give a path to a YAML file)")
+
+
+def _kind(value) -> str:
+    """'a string', 'a list', ... for messages about what a YAML document held."""
+    names = {str: "a string", list: "a list", int: "a number", float: "a number",
+             bool: "true/false"}
+    return names.get(type(value), type(value).__name__)
 
 
 def apply_overrides(cfg, overrides) -> None:
@@ -256,7 +278,7 @@ def set_field(cfg, dotted: str, raw: str) -> None:
         else:
             if dataclasses.is_dataclass(typ):
                 raise UserError(f"--set {dotted} needs a sub-field, e.g. {dotted}.kind=...")
-            parsed = yaml.safe_load(raw) if raw != "" else None
+            parsed = load_yaml(raw, f"--set {dotted}") if raw != "" else None
             setattr(obj, part, _coerce(parsed, typ, dotted))
 
 
@@ -272,29 +294,42 @@ def _coerce(value, typ, key: str):
     if typ is bool:
         if isinstance(value, bool):
             return value
-        raise UserError(f"{key}: expected true or false, got {value!r}")
+        raise UserError(f"{key}: expected true or false, got {_short_repr(value)}")
     if typ is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise UserError(f"{key}: expected an integer, got {value!r}")
+        raise UserError(f"{key}: expected an integer, got {_short_repr(value)}")
     if typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
+        try:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return float(value)
-            except ValueError:
-                pass
-        raise UserError(f"{key}: expected a number, got {value!r}")
+            if isinstance(value, str):
+                return float(value)
+        except OverflowError:  # an integer beyond float range
+            raise UserError(f"{key}: {_short_repr(value)} is out of range for a number") from None
+        except ValueError:
+            pass
+        raise UserError(f"{key}: expected a number, got {_short_repr(value)}")
     if typ is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise UserError(f"{key}: expected a string, got {value!r}")
+        raise UserError(f"{key}: expected a string, got {_short_repr(value)}")
     return value
+
+
+def _short_repr(value, limit: int = 60) -> str:
+    """repr() cut to ``limit`` characters, so a huge value never floods the one-line error."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 5] + " ..."
 
 
 def validate(cfg: TrainConfig) -> None:
     """Refuse impossible settings and invalid combinations at config time."""
+    for name in ("seed", "split_seed"):
+        value = getattr(cfg, name)
+        if value is not None and not 0 <= value <= MAX_SEED:
+            raise UserError(f"{name} must be an integer in 0..2^63-1 ({MAX_SEED}), got "
+                            f"{_short_repr(value)}")
     if cfg.method not in METHODS:
         raise UserError(f"unknown method '{cfg.method}'; known: {', '.join(METHODS)}")
     if cfg.scheme.kind not in SCHEMES:
@@ -311,6 +346,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.save_every < 0 or cfg.knn_every < 0:
         raise UserError("save_every and knn_every must be >= 0 (0 turns them off)")
     _validate_numbers(cfg)
+    check_number_fields(cfg)  # after the checks with a more specific message
     if not cfg.temperature > 0:
         raise UserError(f"temperature must be positive, got {cfg.temperature}")
     if not 0 <= cfg.val_fraction < 1:
@@ -341,13 +377,21 @@ def _validate_numbers(cfg: TrainConfig) -> None:
         raise UserError(f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
     if not (cfg.temperature > 0 and math.isfinite(cfg.temperature)):
         raise UserError(f"temperature must be a positive number, got {cfg.temperature}")
+    if cfg.temperature < MIN_TEMPERATURE:
+        raise UserError(f"temperature must be at least {MIN_TEMPERATURE:g} (the loss divides "
+                        f"cosine similarities by it), got {cfg.temperature:g}")
     for name in ("knn_k", "knn_subset"):
         if getattr(cfg, name) < 1:
             raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.data_limit is not None and cfg.data_limit < 1:
         raise UserError(f"data_limit must be at least 1 (or null), got {cfg.data_limit}")
+    if not math.isfinite(cfg.width):
+        raise UserError(f"width must be a finite number, got {cfg.width}")
     if not cfg.width > 0:
         raise UserError(f"width must be positive, got {cfg.width}")
+    if cfg.width > MAX_WIDTH:
+        raise UserError(f"width must be at most {MAX_WIDTH:g} (a ResNet {MAX_WIDTH:g} times as "
+                        f"wide as the standard one), got {cfg.width:g}")
     a = cfg.augment
     if not 0 < a.crop_scale_min <= a.crop_scale_max <= 1:
         raise UserError(f"augment crop scales must satisfy 0 < crop_scale_min <= crop_scale_max "
@@ -422,7 +466,7 @@ def _validate_scheme(cfg: TrainConfig) -> None:
         raise UserError(f"head.d0 must be positive, got {cfg.head.d0}")
     if s.inner_steps < 0:
         raise UserError(f"scheme.inner_steps must be >= 0, got {s.inner_steps}")
-    if s.lam < 0:
+    if not s.lam >= 0:
         raise UserError(f"scheme.lam must be >= 0, got {s.lam}")
     if s.inner_lr is not None and not s.inner_lr > 0:
         raise UserError(f"scheme.inner_lr must be positive, got {s.inner_lr}")
@@ -464,6 +508,90 @@ def validate_dataset_options(cfg: TrainConfig) -> None:
     if cfg.label_level is not None and cfg.label_level not in LABEL_LEVELS:
         raise UserError(f"unknown label_level '{cfg.label_level}'; known: {', '.join(LABEL_LEVELS)}")
     check_dataset_options(cfg.data, dataset_options(cfg))
+    check_memory(cfg)
+
+
+#: seeds (``seed``, ``split_seed``, a grid's ``seeds``) are integers in 0..2^63-1
+MAX_SEED = 2**63 - 1
+#: the smallest temperature accepted; typical values are 0.05-1
+MIN_TEMPERATURE = 1e-6
+#: the widest backbone accepted (width multiplies every channel count)
+MAX_WIDTH = 64.0
+#: every float of a config is used in float32 arithmetic: beyond this it becomes inf
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def check_number_fields(cfg, prefix: str = "") -> None:
+    """Every number of a config tree finite and representable before any work.
+
+    Floats must be finite and within float32 range (training computes in
+    float32: ``optim.lr=1e300`` would become inf there); integers must fit in a
+    signed 64-bit integer (torch and numpy take nothing wider).
+    """
+    for f in dataclasses.fields(cfg):
+        value, name = getattr(cfg, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_number_fields(value, f"{name}.")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise UserError(f"{name} must be a finite number, got {value}")
+            if abs(value) > FLOAT32_MAX:
+                raise UserError(f"{name}={value:g} is beyond float32 range (about 3.4e38), "
+                                "where training computes")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if not -2**63 <= value <= 2**63 - 1:
+                raise UserError(f"{name}: {_short_repr(value)} is out of range (a 64-bit "
+                                "integer at most 2^63-1)")
+
+
+@functools.lru_cache(maxsize=32)
+def backbone_parameters(name: str, width: float) -> int:
+    """Number of parameters of ``name`` at ``width``, counted on the meta device (no memory)."""
+    import torch
+
+    from repdiag.models import BackboneSpec, build_backbone
+
+    with torch.device("meta"):
+        net = build_backbone(BackboneSpec(name, width, True))
+    return sum(p.numel() for p in net.parameters())
+
+
+def memory_estimate(cfg: TrainConfig) -> int:
+    """A lower bound, in bytes, of the host memory a run needs.
+
+    Parameters of the backbone with their gradients and two Adam moments
+    (4 x 4 bytes each), plus, when ``image_size`` is set, the uint8 images kept
+    in memory (``data_limit`` of them, or at least one) and one batch of the two
+    float32 views (2 x batch x 3 x S^2 x 4 bytes). Activations come on top.
+    """
+    total = 16 * backbone_parameters(cfg.backbone, cfg.width)
+    if cfg.image_size is not None:
+        pixels = 3 * cfg.image_size ** 2
+        total += pixels * (cfg.data_limit or 1) + 2 * cfg.batch_size * pixels * 4
+    return total
+
+
+def machine_memory() -> int | None:
+    """Physical memory of this machine in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(cfg: TrainConfig) -> None:
+    """Refuse a width/image_size/batch_size whose memory estimate exceeds this machine's memory."""
+    from repdiag.models import BACKBONES
+
+    if cfg.backbone not in BACKBONES:
+        return  # named by build_backbone's own error when the run starts
+    need, have = memory_estimate(cfg), machine_memory()
+    if have is not None and need > have:
+        size = f"image_size={cfg.image_size}, " if cfg.image_size is not None else ""
+        raise UserError(
+            f"width={cfg.width:g}, {size}batch_size={cfg.batch_size} need "
+            f"at least {need / 2**30:.1f} GiB (parameters with gradients and Adam state, the "
+            f"images, one batch of views), more than this machine's {have / 2**30:.1f} GiB")
 
 
 def validate_ae_and_pretrained(cfg: TrainConfig) -> None:

@@ -28,7 +28,7 @@ def embed(backbone: torch.nn.Module, images: torch.Tensor, device: torch.device,
 
 def fixed_subset(n: int, size: int, seed: int) -> torch.Tensor:
     """A seeded random subset of ``range(n)`` of at most ``size`` indices."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed % 2**64)  # derived seeds may pass 2^64
     return torch.randperm(n, generator=gen)[: min(n, size)]
 
 
@@ -43,6 +43,7 @@ def epoch_monitor(backbone, head, data, cfg, device, mean=None, std=None) -> dic
     A run without a validation split (paper G trains on the whole training
     split) is monitored on a test subset instead; that number is logged as
     ``knn_test`` and nothing (checkpoint, schedule, sweep) is selected on it.
+    Features that are NaN or inf (a diverged model) raise FloatingPointError.
     """
     queries, key = (data.val, "knn_val") if len(data.val) > 0 else (data.test, "knn_test")
     if len(queries) == 0:
@@ -51,6 +52,8 @@ def epoch_monitor(backbone, head, data, cfg, device, mean=None, std=None) -> dic
     va = fixed_subset(len(queries), cfg.knn_subset, cfg.seed + 2)
     h_train = embed(backbone, data.train.images[tr], device, mean=mean, std=std)
     h_val = embed(backbone, queries.images[va], device, mean=mean, std=std)
+    if not (torch.isfinite(h_train).all() and torch.isfinite(h_val).all()):
+        raise FloatingPointError("the backbone's features became NaN or inf")
     res = knn_probe(h_train, data.train.labels[tr], h_val, queries.labels[va],
                     k=cfg.knn_k, temperature=cfg.temperature, num_classes=data.num_classes)
     was_training = head.training

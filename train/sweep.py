@@ -47,14 +47,18 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import yaml
 
 from repdiag.checkpoint import atomic_write_text
+from repdiag.data.paths import missing_folders, remove_empty_folders
 from repdiag.errors import UserError
-from repdiag.runs import run_checkpoint
-from train.config import TrainConfig, load_config
+from repdiag.runs import RunLock, repair_best, run_checkpoint
+from train.config import MAX_SEED, TrainConfig, load_config
+from train.output import checked
+from train.yaml_data import load_yaml, read_yaml_file
 
 GRID_KEYS = ("base", "set", "grid", "seeds", "probes", "checkpoint")
 CHECKPOINT_CHOICES = ("best", "last")
@@ -89,8 +93,8 @@ def _as_override_value(value) -> str:
     """A YAML scalar as the text ``--set`` parses back to the same value."""
     if isinstance(value, str):
         try:
-            same = yaml.safe_load(value) == value
-        except yaml.YAMLError:
+            same = load_yaml(value, "grid value") == value
+        except UserError:
             same = False
         return value if same else json.dumps(value)
     if value is None or isinstance(value, (bool, int, float)):
@@ -102,14 +106,7 @@ def _as_override_value(value) -> str:
 def read_grid(path: str | os.PathLike) -> Grid:
     """Parse and check a grid file; every problem is a one-line UserError."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such grid file")
-    try:
-        tree = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read the grid file ({e})") from None
+    tree = read_yaml_file(path, "grid file")
     if not isinstance(tree, dict):
         raise UserError(f"{path}: expected a mapping with keys {', '.join(GRID_KEYS)}")
     unknown = sorted(set(map(str, tree)) - set(GRID_KEYS))
@@ -147,6 +144,9 @@ def read_grid(path: str | os.PathLike) -> Grid:
                 or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
                 or len(set(seeds)) != len(seeds)):
             raise UserError(f"{path}: 'seeds' must be a non-empty list of distinct integers")
+        bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
+        if bad:
+            raise UserError(f"{path}: seeds must be integers in 0..2^63-1, got {bad[0]}")
     probes = tree.get("probes", ["knn"])
     if probes is None:
         probes = []
@@ -176,7 +176,7 @@ def probe_accuracies(run_dir: Path, probes: list[str], select: str = "last") -> 
 
     ckpt = run_checkpoint(run_dir, select)
     cache_file = run_dir / "probes.json"
-    cached = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    cached = read_probe_cache(cache_file)
     stamp = [ckpt.name, ckpt.stat().st_mtime]
     if cached.get("_checkpoint") != stamp:
         cached = {"_checkpoint": stamp}
@@ -189,8 +189,21 @@ def probe_accuracies(run_dir: Path, probes: list[str], select: str = "last") -> 
         src = src or FeatureSource(ckpt)
         rep = probe_report(src, kind, ("h", "z"), preset=preset)
         cached.update({f"{kind}_{preset}_{f}": acc for f, acc in rep["accuracy"].items()})
-    atomic_write_text(cache_file, json.dumps(cached))
+    checked(cache_file, lambda: atomic_write_text(cache_file, json.dumps(cached)))
     return {"checkpoint": ckpt.name, **{k: v for k, v in cached.items() if not k.startswith("_")}}
+
+
+def read_probe_cache(path: Path) -> dict:
+    """The probes.json cache of a run, or {} when it is missing, emptied or not a JSON object
+    (a cache only saves time: whatever is wrong with it, the accuracies are measured again)."""
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    if not isinstance(cached, dict):
+        return {}
+    return {k: v for k, v in cached.items()
+            if k == "_checkpoint" or (isinstance(v, (int, float)) and not isinstance(v, bool))}
 
 
 def _safe(text: str) -> str:
@@ -240,7 +253,13 @@ def _stored_epoch_and_config(run_dir: Path) -> tuple[int, dict, list] | None:
     raw = safe_torch_load(last, "checkpoint")
     if not isinstance(raw, dict) or "epoch" not in raw:
         raise UserError(f"{last}: not a repdiag run checkpoint; remove the folder to rerun it")
-    return int(raw["epoch"]), dict(raw.get("config") or {}), list(raw.get("metrics") or [])
+    epoch, config, metrics = raw["epoch"], raw.get("config") or {}, raw.get("metrics") or []
+    if (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0
+            or not isinstance(config, dict) or not isinstance(metrics, list)
+            or not all(isinstance(m, dict) for m in metrics)):
+        raise UserError(f"{last}: damaged repdiag run checkpoint (epoch, config or metrics of "
+                        "the wrong type); remove the folder to rerun it")
+    return epoch, dict(config), list(metrics)
 
 
 # fields the trainer fills in when they are left unset (DirectCLR's d0, the autoencoder it
@@ -266,54 +285,93 @@ def _config_difference(stored: dict, wanted: dict, prefix: str = "") -> str | No
 
 def run_sweep(grid_path: str | os.PathLike, out_dir: str | os.PathLike, *,
               quiet: bool = False) -> dict:
-    """Run (or finish) every run of the grid; write results.csv and summary.csv."""
-    from train.trainer import Trainer
+    """Run (or finish) every run of the grid; write results.csv and summary.csv.
 
+    The sweep folder is locked for the whole sweep and each run folder while its
+    run is trained and probed (:class:`repdiag.runs.RunLock`): a second sweep or
+    trainer on either is refused in one line. A sweep that fails before its first
+    results.csv leaves no folder or file it created.
+    """
     grid = read_grid(grid_path)
     runs = expand(grid)
     out = Path(out_dir)
+    created = missing_folders(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot write to --out {out}: {e.strerror or e}") from None
-    atomic_write_text(out / "grid.yaml", yaml.safe_dump(
-        {"base": grid.base, "set": grid.fixed, "grid": grid.grid, "seeds": grid.seeds,
-         "probes": grid.probes, "checkpoint": grid.checkpoint},
-        sort_keys=False))
+    lock = RunLock(out)
+    written: list[Path] = []
+    try:
+        lock.acquire()
+        return _run_locked(grid, runs, out, quiet, written)
+    except BaseException:
+        if not (out / "results.csv").exists():  # nothing to show for it: leave nothing behind
+            for path in written:
+                path.unlink(missing_ok=True)
+            lock.release()
+            remove_empty_folders(created)
+        raise
+    finally:
+        lock.release()
+
+
+def _run_locked(grid: Grid, runs: list[SweepRun], out: Path, quiet: bool,
+                written: list[Path]) -> dict:
+    from train.trainer import Trainer
+
+    grid_file = out / "grid.yaml"
+    text = yaml.safe_dump({"base": grid.base, "set": grid.fixed, "grid": grid.grid,
+                           "seeds": grid.seeds, "probes": grid.probes,
+                           "checkpoint": grid.checkpoint}, sort_keys=False)
+    if not grid_file.exists():
+        written.append(grid_file)
+    checked(grid_file, lambda: atomic_write_text(grid_file, text))
     rows: list[dict] = []
     counts = {"finished": 0, "resumed": 0, "started": 0, "skipped": 0}
     for i, run in enumerate(runs, 1):
         run_dir = out / run.name
-        state = _stored_epoch_and_config(run_dir)
-        if state is not None:
-            diff = _config_difference(state[1], run.config.to_dict())
-            if diff:
-                raise UserError(f"{run_dir} holds a run with another config: {diff}; "
-                                "remove the folder or use another --out")
-        if state is not None and state[0] >= run.config.epochs:
-            counts["skipped"] += 1
-            action, metrics, status = "done already", state[2], "finished"
-        else:
-            resume = state is not None
-            counts["resumed" if resume else "started"] += 1
-            if not quiet:
-                what = f"resuming at epoch {state[0]}" if resume else "starting"
-                print(f"[{i}/{len(runs)}] {run.name}: {what}", flush=True)
-            try:
-                Trainer(run.config, run_dir, quiet=quiet, resume=resume).run()
-                status = "finished"
-            except FloatingPointError as e:  # a diverged run is a result, not a sweep failure
-                status = f"diverged: {e}"
+        lock = RunLock(run_dir)
+        if run_dir.is_dir():
+            lock.acquire()
+        try:
             state = _stored_epoch_and_config(run_dir)
-            metrics = state[2] if state else []
-            action = status
-        counts["finished"] += status == "finished"
-        if not quiet:
-            print(f"[{i}/{len(runs)}] {run.name}: {action}", flush=True)
-        row = _row(run, run_dir, metrics, status)
-        if status == "finished":
-            row.update(probe_accuracies(run_dir, grid.probes,
-                                        grid.checkpoint or run.config.select))
+            if state is not None:
+                diff = _config_difference(state[1], run.config.to_dict())
+                if diff:
+                    raise UserError(f"{run_dir} holds a run with another config: {diff}; "
+                                    "remove the folder or use another --out")
+            if state is not None and state[0] >= run.config.epochs:
+                counts["skipped"] += 1
+                action, metrics, status = "done already", state[2], "finished"
+                checked(run_dir / "best.pt", partial(repair_best, run_dir, *state[::2]))
+            else:
+                resume = state is not None
+                counts["resumed" if resume else "started"] += 1
+                if not quiet:
+                    what = f"resuming at epoch {state[0]}" if resume else "starting"
+                    print(f"[{i}/{len(runs)}] {run.name}: {what}", flush=True)
+                try:
+                    trainer = Trainer(run.config, run_dir, quiet=quiet, resume=resume)
+                    lock.acquire()  # held on from the trainer's own claim, through the probes
+                    trainer.run()
+                    status = "finished"
+                except FloatingPointError as e:  # a diverged run is a result, not a sweep failure
+                    status = f"diverged: {e}"
+                state = _stored_epoch_and_config(run_dir)
+                metrics = state[2] if state else []
+                action = status
+            counts["finished"] += status == "finished"
+            if not quiet:
+                print(f"[{i}/{len(runs)}] {run.name}: {action}", flush=True)
+            row = _row(run, run_dir, metrics, status)
+            if status == "finished":
+                row.update(probe_accuracies(run_dir, grid.probes,
+                                            grid.checkpoint or run.config.select))
+        finally:
+            lock.release()
+            if not (run_dir / "last.pt").exists():  # diverged in its first epoch: no folder
+                remove_empty_folders([p for p in (run_dir / "checkpoints", run_dir) if p.exists()])
         rows.append(row)
         write_tables(rows, list(grid.grid), out)
     return {"out": str(out), "runs": len(runs), **counts,
@@ -368,5 +426,6 @@ def write_tables(rows: list[dict], keys: list[str], out: Path) -> None:
     import pandas as pd
 
     results = pd.DataFrame(rows)
-    atomic_write_text(out / "results.csv", results.to_csv(index=False))
-    atomic_write_text(out / "summary.csv", summarize(results, keys).to_csv(index=False))
+    for name, table in (("results.csv", results), ("summary.csv", summarize(results, keys))):
+        text = table.to_csv(index=False)
+        checked(out / name, lambda path=out / name, text=text: atomic_write_text(path, text))

@@ -43,6 +43,7 @@ from repdiag.data.paths import missing_folders, remove_empty_folders
 from repdiag.errors import UserError
 from repdiag.models import BackboneSpec, HeadSpec, build_backbone, build_head, default_cifar_stem
 from repdiag.precision import resolve_precision
+from repdiag.runs import RunLock, repair_best
 from train.autoencoder import (
     CHECKPOINT_NAME,
     AEConfig,
@@ -61,6 +62,7 @@ from train.config import (
 from train.device import resolve_device
 from train.distributed import convert_sync_batchnorm, init_world, wrap_backbone
 from train.monitor import epoch_monitor
+from train.output import checked
 from train.schemes import build_scheme, load_pretrained_head
 
 
@@ -97,7 +99,12 @@ def augment_config(cfg: TrainConfig, image_size: int, mean=None, std=None) -> Au
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The CPU generator that drives shuffling and augmentation in ``epoch``."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.Generator().manual_seed(seed_value(seed * 1_000_003 + epoch))
+
+
+def seed_value(x: int) -> int:
+    """A derived seed folded into torch's range (``x mod 2^64``); unchanged below 2^64."""
+    return x % 2**64
 
 
 #: data_on_device=auto holds the training images on a GPU when they take at most this
@@ -128,12 +135,36 @@ class Trainer:
         self.world, self.device = init_world(resolve_device(cfg.device))
         cfg.world_size = self.world.world_size
         self.quiet = quiet or not self.world.is_main
-        created = missing_folders(self.out) if self.world.is_main else []
+        self.resume = resume
+        self.lock = RunLock(self.out)
+        self._created = missing_folders(self.out) if self.world.is_main else []
+        self._checkpoints_created = not (self.out / "checkpoints").exists()
+        self._written: list[Path] = []  # files this run created (removed if it never got a last.pt)
         try:
             self._setup(resume)
-        except BaseException:  # a run that could not start leaves no empty folder behind
-            remove_empty_folders([self.out / "checkpoints", *created] if created else [])
+        except BaseException:  # a run that could not start leaves no folder or lock behind
+            self._abandon()
             raise
+
+    def __del__(self):  # a Trainer built but never run gives its run folder back
+        lock = getattr(self, "lock", None)
+        if lock is not None:
+            lock.release()
+
+    def _abandon(self) -> None:
+        """After a failure: a run that never wrote last.pt leaves nothing it created behind.
+
+        Only files and folders this Trainer created are removed (a resumed run, or
+        one with a last.pt, keeps everything); then the run-folder lock is released.
+        """
+        if self.world.is_main and not (self.out / "last.pt").exists():
+            for path in reversed(self._written):
+                path.unlink(missing_ok=True)
+            self._written.clear()
+            folders = [self.out / "checkpoints"] if self._checkpoints_created else []
+            self.lock.release()
+            remove_empty_folders([p for p in folders + self._created if p.exists()])
+        self.lock.release()
 
     def _setup(self, resume: bool) -> None:
         cfg = self.cfg
@@ -255,14 +286,14 @@ class Trainer:
                 tqdm.write(f"head.kind=ae without head.ae_checkpoint: training the autoencoder "
                            f"(latent {cfg.head.hidden_dim}, {cfg.head.ae_epochs} epochs) "
                            f"into {ae_dir}")
-            train_autoencoder(AEConfig(data=cfg.data, data_root=cfg.data_root,
-                                       data_limit=cfg.data_limit, val_fraction=cfg.val_fraction,
-                                       split_scheme=cfg.split_scheme, split_seed=cfg.split_seed,
-                                       image_size=cfg.image_size,
-                                       label_level=cfg.label_level,
-                                       latent=cfg.head.hidden_dim, epochs=cfg.head.ae_epochs,
-                                       hidden=self.backbone.feature_dim,
-                                       seed=cfg.seed, device=cfg.device), ae_dir, quiet=self.quiet)
+            ae_config = AEConfig(data=cfg.data, data_root=cfg.data_root,
+                                 data_limit=cfg.data_limit, val_fraction=cfg.val_fraction,
+                                 split_scheme=cfg.split_scheme, split_seed=cfg.split_seed,
+                                 image_size=cfg.image_size, label_level=cfg.label_level,
+                                 latent=cfg.head.hidden_dim, epochs=cfg.head.ae_epochs,
+                                 hidden=self.backbone.feature_dim, seed=cfg.seed,
+                                 device=cfg.device)
+            checked(ae_dir, lambda: train_autoencoder(ae_config, ae_dir, quiet=self.quiet))
         return str(path)
 
     def _prepare_out_dir(self, resume: bool) -> None:
@@ -270,15 +301,20 @@ class Trainer:
             self._check_out_dir(resume)
             return
         try:
-            (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot write to --out {self.out}: {e.strerror or e}") from None
+        self.lock.acquire()  # one writer per run folder, before anything in it changes
+        try:
+            (self.out / "checkpoints").mkdir(exist_ok=True)
             probe = self.out / ".write-test"
             probe.write_text("")
             probe.unlink()
         except OSError as e:
             raise UserError(f"cannot write to --out {self.out}: {e.strerror or e}") from None
+        self._check_out_dir(resume)
         for folder in (self.out, self.out / "checkpoints"):  # left by a killed write
             remove_stale_temp_files(folder)
-        self._check_out_dir(resume)
 
     def _check_out_dir(self, resume: bool) -> None:
         if resume and not (self.out / "last.pt").exists():
@@ -309,6 +345,9 @@ class Trainer:
             self.scheduler.load_state_dict(ck.scheduler)
         self.scheme.load_extra(ck.extra)
         self.epoch, self.step, self.metrics = ck.epoch, ck.step, list(ck.metrics)
+        check_resume_epochs(self.cfg, self.epoch, self.out)
+        if self.world.is_main:
+            checked(self.out / "best.pt", lambda: repair_best(self.out, self.epoch, self.metrics))
 
     def _sync_head(self) -> None:
         """Rank 0's head (and SimSiam predictor) on every rank after an epoch-end update."""
@@ -317,7 +356,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict:
-        """Train from the current epoch to ``cfg.epochs``; returns the last metrics line."""
+        """Train from the current epoch to ``cfg.epochs``; returns the last metrics line.
+
+        The run folder stays locked until it returns. If it fails before a
+        ``last.pt`` exists, the files it wrote and the folders it created are removed.
+        """
+        try:
+            return self._run()
+        except BaseException:
+            self._abandon()
+            raise
+        finally:
+            self.lock.release()
+
+    def _run(self) -> dict:
         self._write_config()
         self._rewrite_metrics()
         if self.epoch == 0:
@@ -337,12 +389,16 @@ class Trainer:
             line.update(self._evaluate(self.epoch))
             best = self._is_best(line)
             self.metrics.append(line)
-            self._append_metrics(line)
+            # Order of the epoch's writes, each atomic: a kill or a full disk between two of
+            # them leaves a state that --resume completes: metrics.jsonl never lists an epoch
+            # last.pt lacks (it is rewritten from last.pt on resume), and best.pt, written
+            # after last.pt, is brought up to date from last.pt's history (repair_best).
             if self.cfg.save_every and self.epoch % self.cfg.save_every == 0:
                 self._save(self.out / "checkpoints" / f"epoch_{self.epoch:03d}.pt")
             self._save(self.out / "last.pt")
             if best:
                 self._save(self.out / "best.pt")
+            self._append_metrics(line)
             if not self.quiet:
                 tqdm.write(format_metrics(line))
         self.world.barrier()  # no rank finishes before rank 0 has written the last checkpoint
@@ -413,6 +469,11 @@ class Trainer:
             count += v1.shape[0] * self.world.world_size
             bar.set_postfix(loss=f"{loss:.4f}")
         seconds = time.perf_counter() - t0
+        if not all_finite(self.backbone, self.head):  # the last step can break them unseen
+            kept = (f"the last good checkpoint is {self.out / 'last.pt'} (epoch {self.epoch})"
+                    if self.epoch else "no checkpoint was written")
+            raise DivergedError(f"training diverged: the weights became NaN or inf at epoch "
+                                f"{epoch}; {kept}; lower optim.lr")
         line = {
             "epoch": epoch,
             "loss": total / max(1, count),
@@ -427,10 +488,25 @@ class Trainer:
         out = {}
         if len(self.data.val) >= 2:  # NT-Xent needs a negative
             out["val_loss"] = self.validation_loss()
+            if not math.isfinite(out["val_loss"]):
+                self._diverged(f"the validation loss became {out['val_loss']} at epoch {epoch}")
         if self.cfg.knn_every and (epoch % self.cfg.knn_every == 0 or epoch == self.cfg.epochs):
-            out.update(epoch_monitor(self.backbone, self.head, self.data, self.cfg, self.device,
-                                     *self.input_norm))
+            try:
+                out.update(epoch_monitor(self.backbone, self.head, self.data, self.cfg,
+                                         self.device, *self.input_norm))
+            except FloatingPointError as e:
+                self._diverged(f"{e} at epoch {epoch}")
         return out
+
+    def _diverged(self, what: str) -> None:
+        """Stop the run: DivergedError naming what broke and the last good checkpoint.
+
+        Called once the epoch counter has moved on, so the last good epoch is one less.
+        """
+        good = self.epoch - 1
+        kept = (f"the last good checkpoint is {self.out / 'last.pt'} (epoch {good})"
+                if good > 0 else "no checkpoint was written")
+        raise DivergedError(f"training diverged: {what}; {kept}; lower optim.lr")
 
     def validation_loss(self) -> float:
         """Mean contrastive loss on the validation split (paper S's checkpoint criterion).
@@ -473,26 +549,44 @@ class Trainer:
             step=self.step, optimizer=self.scheme.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
             rng={"torch": torch.get_rng_state()}, metrics=self.metrics, extra=extra)
-        atomic_torch_save(ck, path)
+        self._write(path, lambda: atomic_torch_save(ck, path))
+
+    def _write(self, path: Path, write) -> None:
+        """One atomic write of a run file; a full disk is one line; new files are recorded."""
+        new = not path.exists()
+        checked(path, write)
+        if new:
+            self._written.append(path)
 
     def _write_config(self) -> None:
         if not self.world.is_main:
             return
-        atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        path = self.out / "config.yaml"
+        text = yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
+        self._write(path, lambda: atomic_write_text(path, text))
 
     def _rewrite_metrics(self) -> None:
         """metrics.jsonl holds exactly the epochs in the checkpoint (drops a lost epoch)."""
         if not self.world.is_main:
             return
-        atomic_write_text(self.out / "metrics.jsonl",
-                          "".join(json.dumps(m) + "\n" for m in self.metrics))
+        path = self.out / "metrics.jsonl"
+        text = "".join(json.dumps(m) + "\n" for m in self.metrics)
+        self._write(path, lambda: atomic_write_text(path, text))
 
     def _append_metrics(self, line: dict) -> None:
-        if not self.world.is_main:
-            return
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(line) + "\n")
-            f.flush()
+        """The epoch's line at the end of metrics.jsonl, written whole or not at all.
+
+        The file is rewritten atomically (it is small: one line per epoch), so a
+        full disk or a kill never leaves half a line.
+        """
+        self._rewrite_metrics()
+
+
+def all_finite(*modules: torch.nn.Module) -> bool:
+    """Whether every parameter and buffer of ``modules`` is finite (no NaN, no inf)."""
+    tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())
+               if t.is_floating_point()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def head_vector(head: torch.nn.Module) -> torch.Tensor | None:
@@ -525,12 +619,33 @@ def format_metrics(line: dict) -> str:
     return " | ".join(parts)
 
 
+def check_resume_epochs(cfg: TrainConfig, done: int, where) -> None:
+    """Refuse a resume whose ``epochs`` is fewer than the run has done (it would rewrite history)."""
+    if cfg.epochs < done:
+        raise UserError(f"epochs={cfg.epochs} is fewer than the {done} epochs {where} has done; "
+                        "a resume cannot undo epochs (start a new run with --out)")
+
+
 def config_from_checkpoint(out_dir: str | os.PathLike) -> TrainConfig:
     """The TrainConfig stored in ``out_dir/last.pt`` (for ``--resume``)."""
-    ck = load_checkpoint(Path(out_dir) / "last.pt")
+    return resume_state(out_dir)[0]
+
+
+def resume_state(out_dir: str | os.PathLike) -> tuple[TrainConfig, int]:
+    """(the TrainConfig stored in ``out_dir/last.pt``, the epochs it has done), checked."""
+    path = Path(out_dir) / "last.pt"
+    try:
+        ck = load_checkpoint(path)
+    except (ValueError, AttributeError) as e:  # e.g. epoch "abc"
+        raise UserError(f"{path}: damaged repdiag checkpoint ({e})") from None
+    if not isinstance(ck.config, dict):
+        raise UserError(f"{path}: damaged repdiag checkpoint (its config is "
+                        f"{type(ck.config).__name__}, not a mapping)")
+    if not isinstance(ck.epoch, int) or ck.epoch < 0:
+        raise UserError(f"{path}: damaged repdiag checkpoint (epoch {ck.epoch!r})")
     # keys added after the run was written resume with the values it was trained with
     stored = {**LEGACY_VALUES, **ck.config}
-    cfg = from_dict(TrainConfig, stored, where=str(Path(out_dir) / "last.pt"))
+    cfg = from_dict(TrainConfig, stored, where=str(path))
     validate(cfg)
-    return cfg
+    return cfg, ck.epoch
 

@@ -101,7 +101,8 @@ class SlowOptimalScheme(_HeadOptimizerState, Scheme):
         images = trainer.data.train.images
         idx = fixed_subset(len(images), self.cfg.scheme.slow_subset,
                            self.cfg.seed * 7919 + 5 + trainer.epoch)
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + 500_000 + trainer.epoch)
+        gen = torch.Generator().manual_seed(
+            (self.cfg.seed * 1_000_003 + 500_000 + trainer.epoch) % 2**64)
         was = self.backbone.training
         self.backbone.eval()
         h1, h2 = [], []
