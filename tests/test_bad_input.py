@@ -306,7 +306,8 @@ def test_a_full_disk_while_writing_figures_leaves_no_partial_figure(files, tmp_p
     out = tmp_path / "figs"
     code, _, err = _run(capsys, ["spectrum", f"{files}/feat.pt", "--out", str(out)])
     assert code == 2 and "No space left on device" in err and len(err.strip().splitlines()) == 1
-    assert list(out.iterdir()) == []  # neither the PNG without its PDF nor a temp file
+    # neither the PNG without its PDF nor a temp file, and no --out folder created
+    assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_a_failed_download_leaves_no_data_root_tree(tmp_path, monkeypatch):
