@@ -121,6 +121,7 @@ def safe_torch_load(path: str | os.PathLike, what: str = "file") -> object:
     try:
         with warnings.catch_warnings():  # torch's note on a pickle protocol is not the user's
             warnings.filterwarnings("ignore", message=".*pickle protocol")
+            warnings.filterwarnings("ignore", message=".*sparse tensor invariants")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         name = _refused_global(e)

@@ -66,7 +66,7 @@ def _rank_dict(x: torch.Tensor, rtol: float | None) -> dict:
 
 def _check_probe(probe: str) -> None:
     if probe not in PROBES:
-        raise UserError(f"unknown probe '{probe}'; use one of: {', '.join(PROBES)}")
+        raise UserError(f"unknown probe '{probe}' (--probe); use one of: {', '.join(PROBES)}")
 
 
 def check_probe_options(probe: str, preset: str | None) -> None:

@@ -93,6 +93,9 @@ def output_set(out: str | os.PathLike, option: str = "--out") -> Iterator[Path]:
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name or 'out'}.repdiag-{os.getpid()}-",
                                     suffix=".tmp", dir=base))
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; the published folder follows the umask
     except OSError as e:
         raise UserError(f"cannot write to {option} {out}: {e.strerror or e}") from None
     try:
