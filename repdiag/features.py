@@ -230,8 +230,8 @@ def _check_tensor(t: object, name: str, where: str, split: str) -> torch.Tensor:
 
 def _feature_dtype(t: torch.Tensor) -> torch.dtype:
     """float64 features stay float64 (their range and precision are kept through rank and
-    spectrum); every other dtype computes in float32."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+    spectrum), integers become float64 (exact up to 2^53); other floats compute in float32."""
+    return torch.float64 if t.dtype == torch.float64 or not t.is_floating_point() else torch.float32
 
 
 def _featureset_from_dict(d: dict, split: str, head: dict | None = None,
