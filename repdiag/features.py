@@ -420,6 +420,11 @@ class FeatureSource:
             if self.checkpoint is None:
                 raise UserError(f"{self.path}: a feature file holds only the splits "
                                 f"{', '.join(self._sets)}; no '{split}'")
-            self._sets[split] = extract(self.checkpoint, self.data, split,
-                                        dataset=self._load_dataset, **self.extract_kw)
+            fs = extract(self.checkpoint, self.data, split, dataset=self._load_dataset,
+                         **self.extract_kw)
+            if len(fs) < 2:
+                raise UserError(f"{self.path}: the {split} split has {len(fs)} sample; the "
+                                "diagnostics need at least 2 (raise --limit or use a larger "
+                                "split)")
+            self._sets[split] = fs
         return self._sets[split]

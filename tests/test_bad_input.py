@@ -61,6 +61,7 @@ def files(tmp_path_factory):
     (d / "run_nobest" / "last.pt").write_bytes((run / "last.pt").read_bytes())
     (run / "best.pt").unlink(missing_ok=True)
     (d / "blocker").write_text("a file where a folder is expected")
+    save_features(d / "feat_two.pt", FeatureSet(h=h[:2], y=y[:2]), FeatureSet(h=h[:2], y=y[:2]))
     return d
 
 
@@ -104,6 +105,27 @@ DIAGNOSTIC_CASES = [
     ("out-under-a-file", ["tsne", "{d}/feat.pt", "--out", "{d}/blocker/figs"],
      "cannot write to --out"),
     ("no-best", ["rank", "{d}/run_nobest", "--checkpoint", "best"], "no best.pt"),
+    # options checked before any extraction, cache write or progress line (checkpoint inputs)
+    ("limit-one", ["rank", "{d}/run/last.pt", "--limit", "1"], "--limit 1 leaves one sample"),
+    ("preset-before-work", ["probe", "{d}/run/last.pt", "--preset", "nope"],
+     "unknown kNN preset 'nope' (--preset)"),
+    ("report-preset", ["report", "{d}/run/last.pt", "--out", "{d}/rep", "--preset", "nope"],
+     "(--preset)"),
+    ("report-probe", ["report", "{d}/run/last.pt", "--out", "{d}/rep", "--probe", "svm"],
+     "unknown probe 'svm' (--probe)"),
+    ("report-tsne-points", ["report", "{d}/run/last.pt", "--out", "{d}/rep", "--tsne-points",
+                            "1"], "--tsne-points must be 0 (no maps) or at least 10"),
+    ("report-two-samples", ["report", "{d}/feat_two.pt", "--out", "{d}/rep"],
+     "pass --tsne-points 0"),
+    ("tsne-small-perplexity", ["tsne", "{d}/run/last.pt", "--perplexity", "0.2"],
+     "--perplexity must be a finite number of at least 1/3"),
+    ("tsne-perplexity-points", ["tsne", "{d}/run/last.pt", "--max-points", "20"],
+     "--perplexity 30 needs more than 90 points; --max-points is 20"),
+    ("seed-too-large", ["probe", "{d}/run/last.pt", "--seed", "1180591620717411303424"],
+     "--seed must be an integer in 0..2^63-1"),
+    ("rtol-huge", ["rank", "{d}/run/last.pt", "--rtol", "1e308"], "--rtol must be"),
+    ("out-under-a-file-report", ["report", "{d}/run/last.pt", "--out", "{d}/blocker/rep"],
+     "cannot write to --out"),
     ("unknown-option", ["rank", "{d}/feat.pt", "--bogus"], "unrecognized arguments"),
     ("bad-choice", ["rank", "{d}/run", "--checkpoint", "peak"], "invalid choice"),
 ]
@@ -125,8 +147,10 @@ def test_diagnostic_mistakes(files, tmp_path, monkeypatch, capsys, case, argv, m
     assert msg in err, err
     code, out, err = _run(capsys, [*argv, "--json"])
     assert code == 2 and msg in json.loads(out.strip().splitlines()[-1])["error"]
+    # nothing written here, not even the feature cache ($REPDIAG_CACHE is under tmp_path)
     assert list(tmp_path.iterdir()) == [] and not (tmp_path / "PWNED_MARKER").exists()
     assert not any(p.name.endswith(".tmp") for p in files.rglob("*"))
+    assert not (files / "rep").exists()  # no --out folder created by a failed command
 
 
 def test_cuda_without_a_gpu_is_refused_before_any_work(files, capsys):
