@@ -375,7 +375,8 @@ def run_tsne(args: argparse.Namespace) -> int:
         chosen.append((fs, feats))
     reports, rows = [], []
     with output_set(out) as tmp:
-        for lab, fig_stem, (fs, feats) in zip(labels, _figure_stems(sources), chosen, strict=True):
+        for lab, fig_stem, src, (fs, feats) in zip(labels, _figure_stems(sources), sources, chosen,
+                                                   strict=True):
             gen = torch.Generator().manual_seed(0)
             idx = torch.randperm(len(fs), generator=gen)[: args.max_points]
             rep = {}
@@ -384,9 +385,10 @@ def run_tsne(args: argparse.Namespace) -> int:
                 res = tsne(x[idx], fs.y[idx], perplexity=args.perplexity, device=args.device,
                            backend=None if args.backend == "auto" else args.backend)
                 name = f"tsne_{fig_stem}_{feat}"
+                classes = src.class_names() if src.checkpoint is None else None  # file labels
                 paths = [out / p.name for p in save_figure(
-                    tsne_figure(res.embedding, res.labels, title=f"t-SNE of {feat}: {lab}"),
-                    tmp / name)]
+                    tsne_figure(res.embedding, res.labels, classes=classes,
+                                title=f"t-SNE of {feat}: {lab}"), tmp / name)]
                 kl = res.params.get("kl_divergence")
                 rep[feat] = {"n": res.n, "figure": [str(p) for p in paths],
                              "backend": res.params["backend"], "kl_divergence": kl}
