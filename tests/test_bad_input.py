@@ -347,3 +347,18 @@ def test_a_failed_download_leaves_no_data_root_tree(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="download failed"):
         via_torchvision("cifar10", make, root, True, "get it by hand")
     assert not (tmp_path / "data").exists()
+
+
+def test_a_resume_refuses_a_checkpoint_from_a_newer_version(files, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(files / "run", run)
+    raw = torch.load(run / "last.pt", weights_only=True)
+    raw["version"] = 99
+    torch.save(raw, run / "last.pt")
+    before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    code, _, err = _run(capsys, ["train", "--resume", str(run), "--quiet", "--set", "epochs=2"])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "version 99 is newer than this repdiag (version 1)" in err
+    assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

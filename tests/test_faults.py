@@ -319,3 +319,4 @@ def test_a_failing_feature_cache_costs_only_time(inputs, tmp_path, capsys, monke
     assert code == 0 and err == "" and json.loads(out) == expected
     cache = Path(os.environ["REPDIAG_CACHE"])
     assert not cache.exists() or list(cache.iterdir()) == []  # no entry, no temp file
+
