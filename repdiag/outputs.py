@@ -131,7 +131,6 @@ def _publish(tmp: Path, out: Path) -> None:
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, out)  # the whole set appears at once
-        tmp.mkdir()  # for the caller's cleanup
         return
     trash = tmp / ".replaced"
     entries = [p for p in tmp.iterdir() if p != trash]
