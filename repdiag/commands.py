@@ -138,13 +138,12 @@ def check_options(args) -> None:
         if args.max_points < 10:
             raise UserError(f"--max-points must be at least 10, got {args.max_points}")
         check_perplexity(args.perplexity, args.max_points)
-    if args.command == "report" and args.tsne_points != 0 and not (
-            MIN_TSNE_POINTS <= args.tsne_points):
-        raise UserError(f"--tsne-points must be 0 (no maps) or at least {MIN_TSNE_POINTS}, got "
-                        f"{args.tsne_points}")
+    if args.command == "report":
+        from repdiag.report import MIN_TSNE_POINTS
 
-
-MIN_TSNE_POINTS = 10
+        if args.tsne_points != 0 and args.tsne_points < MIN_TSNE_POINTS:
+            raise UserError(f"--tsne-points must be 0 (no maps) or at least {MIN_TSNE_POINTS}, "
+                            f"got {args.tsne_points}")
 
 
 def check_perplexity(perplexity: float, points: int | None = None,
