@@ -320,3 +320,20 @@ def test_a_failing_feature_cache_costs_only_time(inputs, tmp_path, capsys, monke
     cache = Path(os.environ["REPDIAG_CACHE"])
     assert not cache.exists() or list(cache.iterdir()) == []  # no entry, no temp file
 
+
+
+def test_a_new_report_replaces_the_old_set_and_keeps_other_files(inputs, tmp_path, capsys):
+    out = tmp_path / "rep"
+    (out / "report_files").mkdir(parents=True)
+    (out / "report_files" / "tsne_9_h.png").write_bytes(b"an earlier, larger report's map")
+    (out / "report.json").write_text("[]")
+    (out / "notes.txt").write_text("the user's own file")
+    code, _, _ = _run(capsys, ["report", inputs / "feat.pt", "--tsne-points", "0", "--json",
+                               "--out", out])
+    assert code == 0
+    assert (out / "notes.txt").read_text() == "the user's own file"
+    assert sorted(p.name for p in (out / "report_files").iterdir()) == [
+        "probes.png", "rank.png", "spectrum_0.png"]  # no map of the earlier report survives
+    assert json.loads((out / "report.json").read_text())[0]["label"] == "feat.pt"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "notes.txt", "report.html", "report.json", "report.md", "report_files"]
