@@ -23,9 +23,11 @@ import dataclasses
 import os
 import pickle
 import re
+import stat
 import tempfile
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,17 +108,20 @@ def safe_torch_load(path: str | os.PathLike, what: str = "file") -> object:
     plain ``hyper_parameters``, ``epoch`` and ``global_step`` are kept.
     """
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such {what}")
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory, expected a {what}")
-    with open(path, "rb") as f:
-        magic = f.read(4)
+    check_regular_file(path, what)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
     if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
         raise UserError(f"{path}: not a torch file (neither a torch.save zip archive nor a pickle)")
+    if magic.startswith(b"PK\x03\x04"):
+        verify_zip(path, what)
     try:
         with warnings.catch_warnings():  # torch's note on a pickle protocol is not the user's
             warnings.filterwarnings("ignore", message=".*pickle protocol")
+            warnings.filterwarnings("ignore", message=".*sparse tensor invariants")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         name = _refused_global(e)
@@ -132,6 +137,55 @@ def safe_torch_load(path: str | os.PathLike, what: str = "file") -> object:
             "code in a file can run; save the model's state_dict() instead") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
         raise UserError(f"{path}: truncated or not a torch file ({_first_line(e)})") from None
+
+
+def check_regular_file(path: str | os.PathLike, what: str = "file") -> None:
+    """Refuse anything but an existing regular file (or a link to one) in one line.
+
+    A FIFO or a device would block or stream forever when opened, a directory
+    cannot be read: each is named, before the file is opened.
+    """
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such {what}") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
+    if stat.S_ISDIR(mode):
+        raise UserError(f"{path}: is a directory, expected a {what}")
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a character device"
+                if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+        raise UserError(f"{path}: is {kind}, expected a {what} (a regular file)")
+
+
+def verify_zip(path: str | os.PathLike, what: str = "file", chunk: int = 1 << 22) -> None:
+    """Check every record of a zip archive (what ``torch.save`` writes) against its CRC-32.
+
+    Each record is read through to its end, so :mod:`zipfile` compares the
+    CRC-32 stored in the archive with the one of the bytes read; a damaged
+    header, a truncated archive or one flipped byte in a tensor record raises
+    a UserError naming the file and the record, before any tensor is used.
+    """
+    path = Path(path)
+    record = None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                record = info.filename
+                with zf.open(info) as f:
+                    while f.read(chunk):
+                        pass
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as e:
+        if record is None:  # no readable zip directory at the end: cut short, or not a zip
+            raise UserError(f"{path}: truncated or not a torch file (its zip directory is "
+                            f"unreadable: {_first_line(e)})") from None
+        raise UserError(f"{path}: damaged {what}: record '{record}' fails its integrity check "
+                        f"({_first_line(e)})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
 
 
 def _lightning_parts(raw: object) -> dict | None:
@@ -292,14 +346,44 @@ def load_checkpoint(path: str | os.PathLike, key_map: tuple = ()) -> Checkpoint:
     return checkpoint_from_dict(raw, str(path), key_map)
 
 
+def check_format(raw: dict, path: str) -> None:
+    """Refuse a checkpoint whose format tag or version this code does not read, naming both.
+
+    The tag must be exactly ``repdiag-checkpoint`` and the version an integer
+    from 1 to :data:`VERSION`: a file written by a newer repdiag is refused
+    rather than misread (and so never rewritten as an older version).
+    """
+    tag, version = raw.get("format"), raw.get("version")
+    mine = f"this repdiag reads format '{FORMAT}' up to version {VERSION}"
+    if tag != FORMAT:
+        raise UserError(f"{path}: unknown checkpoint format '{tag}'; {mine}")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise UserError(f"{path}: checkpoint version {version!r} is not a positive integer; {mine}")
+    if version > VERSION:
+        raise UserError(f"{path}: checkpoint version {version} is newer than this repdiag "
+                        f"(version {VERSION}); upgrade repdiag to read it")
+
+
 def checkpoint_from_dict(raw: object, path: str, key_map: tuple = ()) -> Checkpoint:
     """Interpret a loaded object as a checkpoint; foreign layouts go to the importers."""
     if isinstance(raw, dict) and str(raw.get("format", "")).startswith("repdiag-checkpoint"):
+        check_format(raw, path)
         try:
             model = raw["model"]
+            config = raw.get("config", {})
+            if not isinstance(config, dict):
+                raise TypeError(f"'config' ({type(config).__name__}, expected a dict)")
+            metrics = raw.get("metrics", [])
+            if not isinstance(metrics, list) or not all(
+                    isinstance(m, dict) and "epoch" in m for m in metrics):
+                raise TypeError("'metrics' (expected a list of per-epoch dicts with 'epoch')")
+            for key in ("backbone", "head"):
+                if not isinstance(raw.get(key), dict):
+                    raise TypeError(f"'{key}' ({type(raw.get(key)).__name__}, expected a "
+                                    "state dict)")
             return Checkpoint(
                 path=path,
-                config=raw.get("config", {}),
+                config=config,
                 backbone_spec=BackboneSpec(**model["backbone"]),
                 head_spec=HeadSpec.from_dict(model["head"]),
                 backbone_state=raw["backbone"],
@@ -309,10 +393,10 @@ def checkpoint_from_dict(raw: object, path: str, key_map: tuple = ()) -> Checkpo
                 optimizer=raw.get("optimizer"),
                 scheduler=raw.get("scheduler"),
                 rng=raw.get("rng", {}),
-                metrics=raw.get("metrics", []),
+                metrics=metrics,
                 extra=raw.get("extra", {}),
             )
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
             raise UserError(f"{path}: damaged repdiag checkpoint (missing or bad {e})") from None
     # foreign layouts: torchvision/timm, solo-learn/Lightning, lightly, --map rules
     return Checkpoint(path=path, key_map=tuple(key_map), **import_foreign(raw, path, key_map))

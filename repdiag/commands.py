@@ -8,11 +8,9 @@ Each takes checkpoints or feature files, calls one report of
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from repdiag.devices import check_device
 from repdiag.errors import UserError
 from repdiag.features import FeatureSource
 from repdiag.importers import parse_key_map
+from repdiag.outputs import check_out, dumps, output_set
 from repdiag.runs import is_run_folder, run_checkpoint
 
 
@@ -94,9 +93,7 @@ def add_diagnostic_parsers(sub) -> None:
 
 
 def _sources(args) -> list[FeatureSource]:
-    if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit must be positive, got {args.limit}")
-    check_device(args.device)
+    check_options(args)
     kw = dict(device=args.device, normalize=args.normalize, cache=not args.no_cache,
               data_root=args.data_root, limit=args.limit)
     key_map = parse_key_map(args.key_map)
@@ -109,6 +106,56 @@ def _sources(args) -> list[FeatureSource]:
         warnings.warn(f"{given} do(es) not apply to feature files ({', '.join(files)}): their "
                       "features are used as they are", stacklevel=2)
     return sources
+
+
+MAX_SEED = 2**63 - 1
+
+
+def check_options(args) -> None:
+    """Every option of a diagnostic command checked before any file is read or work starts
+    (extraction, caching, progress); each message names the option as typed."""
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be positive, got {args.limit}")
+    if args.limit == 1:
+        raise UserError("--limit 1 leaves one sample per split; the diagnostics need at least 2")
+    check_device(args.device)
+    if getattr(args, "out", None):
+        check_out(args.out)
+    parse_key_map(args.key_map)
+    if getattr(args, "probe", None) is not None:
+        diagnose.check_probe_options(args.probe, args.preset)
+    seed = getattr(args, "seed", None)
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed must be an integer in 0..2^63-1, got {seed}")
+    if getattr(args, "on", None):
+        diagnose._parse_on(args.on, diagnose.FEATURE_NAMES if args.command == "probe"
+                           else ("h", "z"))
+    rtol = getattr(args, "rtol", None)
+    if rtol is not None and not (math.isfinite(rtol) and 0 <= rtol < 1):
+        raise UserError(f"--rtol must be a finite number in [0, 1) (a relative cut-off of the "
+                        f"largest singular value), got {rtol!r}")
+    if args.command == "tsne":
+        if args.max_points < 10:
+            raise UserError(f"--max-points must be at least 10, got {args.max_points}")
+        check_perplexity(args.perplexity, args.max_points)
+    if args.command == "report":
+        from repdiag.report import MIN_TSNE_POINTS
+
+        if args.tsne_points != 0 and args.tsne_points < MIN_TSNE_POINTS:
+            raise UserError(f"--tsne-points must be 0 (no maps) or at least {MIN_TSNE_POINTS}, "
+                            f"got {args.tsne_points}")
+
+
+def check_perplexity(perplexity: float, points: int | None = None,
+                     where: str = "--max-points is") -> None:
+    """t-SNE's perplexity: finite, 3·perplexity >= 1 (at least one neighbour per point) and
+    below a third of the points (openTSNE's k = 3·perplexity neighbours)."""
+    if not (math.isfinite(perplexity) and 3 * perplexity >= 1):
+        raise UserError(f"--perplexity must be a finite number of at least 1/3 (t-SNE uses "
+                        f"3*perplexity neighbours per point), got {perplexity!r}")
+    if points is not None and 3 * perplexity >= points:
+        raise UserError(f"--perplexity {perplexity:g} needs more than {int(3 * perplexity)} "
+                        f"points; {where} {points}")
 
 
 def _figure_stems(sources: list[FeatureSource]) -> list[str]:
@@ -134,9 +181,9 @@ def _emit(args, reports: list[dict], labels: list[str], table: pd.DataFrame,
           header: list[str] = (), notes: list[str] = ()) -> None:
     if args.json:
         if len(reports) == 1:
-            print(json.dumps(reports[0]))
+            print(dumps(reports[0]))
         else:
-            print(json.dumps([{"source": lab, **r} for lab, r in zip(labels, reports, strict=True)]))
+            print(dumps([{"source": lab, **r} for lab, r in zip(labels, reports, strict=True)]))
     else:
         for line in header:
             print(line)
@@ -193,17 +240,9 @@ def undefined_notes(labels: list[str], reports: list[dict]) -> list[str]:
 
 
 def _out_dir(args) -> Path | None:
-    """``--out`` created and proven writable (before any work starts)."""
-    if not args.out:
-        return None
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as e:
-        raise UserError(f"cannot write to --out {out}: {e.strerror or e}") from None
-    return out
+    """``--out`` checked to be a folder that can be written (nothing is created until the
+    outputs are complete: see :func:`repdiag.outputs.output_set`)."""
+    return check_out(args.out) if args.out else None
 
 
 def run_spectrum(args: argparse.Namespace) -> int:
@@ -223,8 +262,9 @@ def run_spectrum(args: argparse.Namespace) -> int:
     if out is not None:
         from repdiag.plots import save_figure, spectrum_figure
 
-        for lab, stem, rep in zip(labels, _figure_stems(sources), reports, strict=True):
-            save_figure(spectrum_figure(rep, title=f"spectrum: {lab}"), out / f"spectrum_{stem}")
+        with output_set(out) as tmp:
+            for lab, stem, rep in zip(labels, _figure_stems(sources), reports, strict=True):
+                save_figure(spectrum_figure(rep, title=f"spectrum: {lab}"), tmp / f"spectrum_{stem}")
     _emit(args, reports, labels, pd.DataFrame(rows))
     return 0
 
@@ -252,7 +292,8 @@ def run_rank(args: argparse.Namespace) -> int:
 
         data = {lab: {k: rep[k]["rank"] for k in ("h", "z") if k in rep}
                 for lab, rep in zip(labels, reports, strict=True)}
-        save_figure(rank_figure(data), out / "rank")
+        with output_set(out) as tmp:
+            save_figure(rank_figure(data), tmp / "rank")
     limited = sorted({lab for lab, rep in zip(labels, reports, strict=True)
                       for f in ("h", "z") if rep.get(f, {}).get("limited_by_samples")})
     notes = [f"{', '.join(limited)}: n is at or below the feature size, so the rank is bounded by "
@@ -277,7 +318,8 @@ def _probe_figure(args, labels, reports, name) -> None:
         from repdiag.plots import probe_figure, save_figure
 
         accs = {lab: rep["accuracy"] for lab, rep in zip(labels, reports, strict=True)}
-        save_figure(probe_figure(accs, probe=reports[0]["probe"]), out / name)
+        with output_set(out) as tmp:
+            save_figure(probe_figure(accs, probe=reports[0]["probe"]), tmp / name)
 
 
 def run_probe(args: argparse.Namespace) -> int:
@@ -316,34 +358,43 @@ def run_tsne(args: argparse.Namespace) -> int:
     from repdiag.diagnostics import tsne
     from repdiag.plots import save_figure, tsne_figure
 
-    check_device(args.device)
+    check_options(args)
     names = diagnose._parse_on(args.on, ("h", "z")) if args.on else None
-    if args.max_points < 10:
-        raise UserError(f"--max-points must be at least 10, got {args.max_points}")
-    out = _out_dir(args) or Path(".")
+    out = _out_dir(args) or check_out(".", "the current folder")
     sources = _sources(args)
     labels = _labels(sources)
-    reports, rows = [], []
-    for lab, fig_stem, src in zip(labels, _figure_stems(sources), sources, strict=True):
+    chosen = []
+    for lab, src in zip(labels, sources, strict=True):  # every input checked before any map
         fs = src.get(args.split)
-        gen = torch.Generator().manual_seed(0)
-        idx = torch.randperm(len(fs), generator=gen)[: args.max_points]
-        rep = {}
-        for feat in names or (("h", "z") if fs.z is not None else ("h",)):
-            x = fs.h if feat == "h" else fs.z
-            if x is None:
-                raise UserError(f"{lab}: no z (head output) in these features; use --on h")
-            res = tsne(x[idx], fs.y[idx], perplexity=args.perplexity, device=args.device,
-                       backend=None if args.backend == "auto" else args.backend)
-            stem = out / f"tsne_{fig_stem}_{feat}"
-            paths = save_figure(tsne_figure(res.embedding, res.labels, title=f"t-SNE of {feat}: {lab}"),
-                                stem)
-            kl = res.params.get("kl_divergence")
-            rep[feat] = {"n": res.n, "figure": [str(p) for p in paths], "backend": res.params["backend"],
-                         "kl_divergence": kl}
-            rows.append({"model": lab, "features": feat, "points": res.n, "backend": res.params["backend"],
-                         "KL": "" if kl is None else f"{kl:.4f}", "figure": str(paths[0])})
-        reports.append(rep)
+        feats = names or (("h", "z") if fs.z is not None else ("h",))
+        if "z" in feats and fs.z is None:
+            raise UserError(f"{lab}: no z (head output) in these features; use --on h")
+        n = min(len(fs), args.max_points)
+        check_perplexity(args.perplexity, n, where=f"{lab} ({args.split} split) has")
+        chosen.append((fs, feats))
+    reports, rows = [], []
+    with output_set(out) as tmp:
+        for lab, fig_stem, src, (fs, feats) in zip(labels, _figure_stems(sources), sources, chosen,
+                                                   strict=True):
+            gen = torch.Generator().manual_seed(0)
+            idx = torch.randperm(len(fs), generator=gen)[: args.max_points]
+            rep = {}
+            for feat in feats:
+                x = fs.h if feat == "h" else fs.z
+                res = tsne(x[idx], fs.y[idx], perplexity=args.perplexity, device=args.device,
+                           backend=None if args.backend == "auto" else args.backend)
+                name = f"tsne_{fig_stem}_{feat}"
+                classes = src.class_names() if src.checkpoint is None else None  # file labels
+                paths = [out / p.name for p in save_figure(
+                    tsne_figure(res.embedding, res.labels, classes=classes,
+                                title=f"t-SNE of {feat}: {lab}"), tmp / name)]
+                kl = res.params.get("kl_divergence")
+                rep[feat] = {"n": res.n, "figure": [str(p) for p in paths],
+                             "backend": res.params["backend"], "kl_divergence": kl}
+                rows.append({"model": lab, "features": feat, "points": res.n,
+                             "backend": res.params["backend"],
+                             "KL": "" if kl is None else f"{kl:.4f}", "figure": str(paths[0])})
+            reports.append(rep)
     _emit(args, reports, labels, pd.DataFrame(rows))
     return 0
 
@@ -353,6 +404,7 @@ def run_report(args: argparse.Namespace) -> int:
 
     if not args.out:
         raise UserError("report needs --out DIR (report.html, report.md, report.json go there)")
+    check_options(args)
     out = _out_dir(args)
     sources = _sources(args)
     labels = _labels(sources)
@@ -364,7 +416,7 @@ def run_report(args: argparse.Namespace) -> int:
     written = write_report(reports, out, title=args.title, class_names=sources[0].class_names(),
                            notes=notes)
     if args.json:
-        print(json.dumps(written))
+        print(dumps(written))
     else:
         print(f"wrote {written['html']} and {written['markdown']} ({written['figures']} figures)")
     return 0

@@ -66,7 +66,20 @@ def _rank_dict(x: torch.Tensor, rtol: float | None) -> dict:
 
 def _check_probe(probe: str) -> None:
     if probe not in PROBES:
-        raise UserError(f"unknown probe '{probe}'; use one of: {', '.join(PROBES)}")
+        raise UserError(f"unknown probe '{probe}' (--probe); use one of: {', '.join(PROBES)}")
+
+
+def check_probe_options(probe: str, preset: str | None) -> None:
+    """``--probe`` and ``--preset`` checked together, before any features are read."""
+    from repdiag.diagnostics import KNN_PRESETS, LINEAR_PRESETS
+
+    _check_probe(probe)
+    if preset is None:
+        return
+    presets, what = (KNN_PRESETS, "kNN") if probe == "knn" else (LINEAR_PRESETS, "linear-probe")
+    if preset not in presets:
+        raise UserError(f"unknown {what} preset '{preset}' (--preset); with --probe {probe} "
+                        f"choose one of {', '.join(presets)}")
 
 
 def _parse_on(on: str | tuple[str, ...], allowed: tuple[str, ...]) -> tuple[str, ...]:
@@ -99,7 +112,15 @@ def probe_report(src: FeatureSource, probe: str = "knn",
         if train.weight is None:
             raise UserError("h_r/h_n need the head's linear map, and these features have none")
         svd = head_svd(train.weight)
-    if svd is not None:  # h, h_r, h_n together, without forming h_r or h_n
+    if svd is not None and svd.rank == 0:  # A = 0: h_r = 0 and h_n = h exactly
+        for n in ("h", "h_n"):
+            if n in names and "h" not in results:
+                results["h"] = _probe(probe, train.h, train.y, test.h, test.y, preset, seed)
+        if "h_n" in names:
+            results["h_n"] = results["h"]
+        if "h_r" in names:
+            results["h_r"] = None
+    elif svd is not None:  # h, h_r, h_n together, without forming h_r or h_n
         if probe == "knn":
             trio = knn_probe_split(train.h, train.y, test.h, test.y, svd.basis, preset=preset or "g")
         else:
@@ -110,24 +131,33 @@ def probe_report(src: FeatureSource, probe: str = "knn",
         if n in results:
             continue
         tr, te = _pair(train, test, n)
-        if probe == "knn":
-            results[n] = knn_probe(tr, train.y, te, test.y, preset=preset or "g")
-        else:
-            results[n] = linear_probe(tr, train.y, te, test.y, preset=preset or "fast", seed=seed)
-    undefined = null_space_undefined(train.weight, svd) if "h_n" in names else None
-    first = next(iter(results.values()))
+        results[n] = _probe(probe, tr, train.y, te, test.y, preset, seed)
+    undefined = {}
+    if "h_n" in names and (why := null_space_undefined(train.weight, svd)):
+        undefined["h_n"] = why
+    if results.get("h_r", 0) is None:
+        undefined["h_r"] = "the head's map A is zero: its range is {0}, so h_r is identically 0"
+    first = next(r for r in results.values() if r is not None)
     out = {"probe": probe, "protocol": first.protocol,
-           "accuracy": {n: None if (n == "h_n" and undefined) else float(results[n].accuracy)
+           "accuracy": {n: None if n in undefined else float(results[n].accuracy)
                         for n in names},
            "n_train": first.n_train, "n_test": first.n_test}
     if probe == "linear":  # how close each probe came to its training objective's optimum
         out["convergence"] = {n: {k: results[n].details[k] for k in CONVERGENCE_KEYS
-                                  if k in results[n].details} for n in names}
+                                  if k in results[n].details}
+                              for n in names if results[n] is not None}
     if undefined:
-        out["undefined"] = {"h_n": undefined}
+        out["undefined"] = undefined
     if svd is not None:
         out.update(head_rank=svd.rank, tol=svd.tol)
     return out
+
+
+def _probe(probe: str, tr, ytr, te, yte, preset: str | None, seed: int):
+    """One kNN (preset g by default) or linear (preset fast) probe."""
+    if probe == "knn":
+        return knn_probe(tr, ytr, te, yte, preset=preset or "g")
+    return linear_probe(tr, ytr, te, yte, preset=preset or "fast", seed=seed)
 
 
 def null_space_undefined(weight: torch.Tensor | None, svd=None) -> str | None:

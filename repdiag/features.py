@@ -188,8 +188,8 @@ def extract(checkpoint: str | os.PathLike | Checkpoint, data: str | None = None,
     if key is not None:
         try:
             atomic_torch_save(_featureset_to_dict(fs), cache_dir() / f"{key}.pt")
-        except OSError:
-            pass  # an unwritable cache only costs time
+        except Exception:  # noqa: BLE001 - any write failure (torch.save raises RuntimeError
+            pass  # on a full disk, not OSError): the cache only costs time, so go on without it
     return fs
 
 
@@ -211,40 +211,108 @@ def _featureset_to_dict(fs: FeatureSet) -> dict:
     return d
 
 
+#: most distinct class labels a feature file may hold (labels are remapped to 0..C-1 first,
+#: so this bounds the (N, C) score and one-hot matrices the probes build)
+MAX_CLASSES = 100_000
+
+
+def _check_tensor(t: object, name: str, where: str, split: str) -> torch.Tensor:
+    """A dense, real tensor, or a one-line UserError naming the entry."""
+    if not isinstance(t, torch.Tensor):
+        raise UserError(f"{where}: {split}.{name} is not a tensor ({type(t).__name__})")
+    if t.layout != torch.strided:
+        raise UserError(f"{where}: {split}.{name} is a sparse tensor ({t.layout}); save it "
+                        "dense (.to_dense())")
+    if t.is_complex():
+        raise UserError(f"{where}: {split}.{name} is complex ({t.dtype}); features must be real")
+    return t
+
+
+def _feature_dtype(t: torch.Tensor) -> torch.dtype:
+    """float64 features stay float64 (their range and precision are kept through rank and
+    spectrum), integers become float64 (exact up to 2^53); other floats compute in float32."""
+    return torch.float64 if t.dtype == torch.float64 or not t.is_floating_point() else torch.float32
+
+
 def _featureset_from_dict(d: dict, split: str, head: dict | None = None,
                           where: str = "features") -> FeatureSet:
     if not isinstance(d, dict) or "h" not in d or "y" not in d:
         raise UserError(f"{where}: split '{split}' needs tensors 'h' and 'y'")
     head = head if head is not None else d.get("head")
-    h, y, z = d["h"], d["y"], d.get("z")
-    for name, t in (("h", h), ("y", y), ("z", z)):
-        if t is not None and not isinstance(t, torch.Tensor):
-            raise UserError(f"{where}: {split}.{name} is not a tensor")
+    if head is not None and not isinstance(head, dict):
+        raise UserError(f"{where}: head must be a dict {{'weight': (d, m), 'bias': (d,)}}, got "
+                        f"{type(head).__name__}")
+    h = _check_tensor(d["h"], "h", where, split)
+    y = _check_tensor(d["y"], "y", where, split)
+    z = None if d.get("z") is None else _check_tensor(d["z"], "z", where, split)
     if h.ndim != 2:
         raise UserError(f"{where}: {split}.h must be 2-D (N, m), got shape {tuple(h.shape)}")
+    if h.shape[0] < 2 or h.shape[1] < 1:
+        raise UserError(f"{where}: {split}.h has shape {tuple(h.shape)}; every split needs at "
+                        "least 2 samples and 1 feature")
     if y.ndim != 1 or len(y) != len(h):
         raise UserError(f"{where}: {split}.y must have shape ({len(h)},), got {tuple(y.shape)}")
-    if z is not None and (z.ndim != 2 or len(z) != len(h)):
+    if z is not None and (z.ndim != 2 or len(z) != len(h) or z.shape[1] < 1):
         raise UserError(f"{where}: {split}.z must be 2-D with {len(h)} rows, got {tuple(z.shape)}")
     for name, t in (("h", h), ("z", z)):
-        if t is not None and not torch.isfinite(t).all():
+        if t is not None and t.dtype == torch.bool:
+            raise UserError(f"{where}: {split}.{name} is boolean; features must be numbers")
+        if t is not None and t.is_floating_point() and not torch.isfinite(t).all():
             raise UserError(f"{where}: {split}.{name} contains NaN or infinite values")
-    if y.is_floating_point() or y.is_complex():
+    if y.dtype == torch.bool:
+        raise UserError(f"{where}: {split}.y must hold class indices 0, 1, 2, ... (got bool)")
+    if y.is_floating_point():
         if not torch.isfinite(y).all() or not torch.equal(y, y.round()):
             raise UserError(f"{where}: {split}.y holds non-integer class labels (e.g. "
                             f"{y[y != y.round()][:1].tolist() or 'NaN'}); labels must be integers")
-    if y.dtype == torch.bool or (len(y) and int(y.min()) < 0):
-        raise UserError(f"{where}: {split}.y must hold class indices 0, 1, 2, ...")
+        if y.abs().max() >= 2**53:
+            raise UserError(f"{where}: {split}.y holds labels beyond 2^53 in {y.dtype}, which "
+                            "cannot tell neighbouring integers apart; store them as int64")
     weight = bias = None
     if head:
-        weight, bias = head.get("weight"), head.get("bias")
+        weight = head.get("weight")
+        if isinstance(weight, torch.Tensor):
+            _check_tensor(weight, "weight", where, "head")
         if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or weight.shape[1] != h.shape[1]:
             shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else None
             raise UserError(f"{where}: head.weight must be (d, {h.shape[1]}) to match h, "
                             f"got {shape}")
-    return FeatureSet(h=h.float(), y=y.long(), z=None if z is None else z.float(),
-                      weight=None if weight is None else weight.float(),
-                      bias=None if bias is None else bias.float(), split=split)
+        if weight.dtype == torch.bool or (weight.is_floating_point()
+                                          and not torch.isfinite(weight).all()):
+            raise UserError(f"{where}: head.weight must hold finite numbers")
+        bias = head.get("bias")
+        if bias is not None:
+            _check_tensor(bias, "bias", where, "head")
+            if tuple(bias.shape) != (weight.shape[0],):
+                raise UserError(f"{where}: head.bias must have shape ({weight.shape[0]},) to "
+                                f"match head.weight, got {tuple(bias.shape)}")
+    dtype = _feature_dtype(h)
+    fs = FeatureSet(h=h.to(dtype), y=y.long(), z=None if z is None else z.to(_feature_dtype(z)),
+                    weight=None if weight is None else weight.to(dtype),
+                    bias=None if bias is None else bias.to(dtype), split=split)
+    for name, t in (("h", fs.h), ("z", fs.z)):  # e.g. int64 beyond float32's range
+        if t is not None and not torch.isfinite(t).all():
+            raise UserError(f"{where}: {split}.{name} holds values beyond the range of "
+                            f"{t.dtype}; store them as float64")
+    return fs
+
+
+def _remap_labels(train: FeatureSet, test: FeatureSet, where: str) -> list[int] | None:
+    """Map the labels of both splits together onto 0..C-1 (sorted original values), in place.
+
+    Probes allocate (N, C) scores and one-hot rows, so labels {0, 1e6, 2e6} must
+    become {0, 1, 2} before they reach them. Returns the original label values
+    when the mapping is not the identity, else None. More than
+    :data:`MAX_CLASSES` distinct labels are refused.
+    """
+    values, inverse = torch.unique(torch.cat([train.y, test.y]), return_inverse=True)
+    if len(values) > MAX_CLASSES:
+        raise UserError(f"{where}: the labels hold {len(values)} distinct classes; at most "
+                        f"{MAX_CLASSES} are supported")
+    if int(values[0]) == 0 and int(values[-1]) == len(values) - 1:
+        return None
+    train.y, test.y = inverse[:len(train.y)].clone(), inverse[len(train.y):].clone()
+    return values.tolist()
 
 
 def save_features(path: str | os.PathLike, train: FeatureSet, test: FeatureSet) -> None:
@@ -269,8 +337,17 @@ def features_from_dict(raw: object, path: str) -> FeatureBundle:
     if not isinstance(raw, dict) or "train" not in raw or "test" not in raw:
         raise UserError(f"{path}: not a feature file (needs 'train' and 'test' entries)")
     head = raw.get("head")
+    if head is not None and not isinstance(head, dict):
+        raise UserError(f"{path}: head must be a dict {{'weight': (d, m), 'bias': (d,)}}, got "
+                        f"{type(head).__name__}")
     train = _featureset_from_dict(raw["train"], "train", head or {}, str(path))
     test = _featureset_from_dict(raw["test"], "test", head or {}, str(path))
+    if train.h.dtype != test.h.dtype:  # one precision for both splits (probes mix them)
+        train, test = (_promote(fs) for fs in (train, test))
+    original = _remap_labels(train, test, str(path))
+    if original is not None:
+        for fs in (train, test):
+            fs.meta["label_values"] = original
     if train.h.shape[1] != test.h.shape[1]:
         raise UserError(f"{path}: train.h has {train.h.shape[1]} columns, test.h "
                         f"{test.h.shape[1]}")
@@ -278,6 +355,15 @@ def features_from_dict(raw: object, path: str) -> FeatureBundle:
             train.z is not None and train.z.shape[1] != test.z.shape[1]):
         raise UserError(f"{path}: train.z and test.z must both be present with equal widths")
     return FeatureBundle(train=train, test=test, source=str(path))
+
+
+def _promote(fs: FeatureSet) -> FeatureSet:
+    """The same features in float64."""
+    def f64(t):
+        return None if t is None else t.double()
+
+    return FeatureSet(h=f64(fs.h), y=fs.y, z=f64(fs.z), weight=f64(fs.weight), bias=f64(fs.bias),
+                      split=fs.split, meta=fs.meta)
 
 
 def is_feature_file(raw: object) -> bool:
@@ -320,8 +406,9 @@ class FeatureSource:
 
     def class_names(self) -> list[str] | None:
         """The dataset's class names (checkpoints only; None for feature files or on failure)."""
-        if self.checkpoint is None:
-            return None
+        if self.checkpoint is None:  # a feature file: its own label values, if remapped
+            values = next(iter(self._sets.values())).meta.get("label_values")
+            return None if values is None else [str(v) for v in values]
         try:
             return list(self._load_dataset().train.classes)
         except UserError:
@@ -333,6 +420,11 @@ class FeatureSource:
             if self.checkpoint is None:
                 raise UserError(f"{self.path}: a feature file holds only the splits "
                                 f"{', '.join(self._sets)}; no '{split}'")
-            self._sets[split] = extract(self.checkpoint, self.data, split,
-                                        dataset=self._load_dataset, **self.extract_kw)
+            fs = extract(self.checkpoint, self.data, split, dataset=self._load_dataset,
+                         **self.extract_kw)
+            if len(fs) < 2:
+                raise UserError(f"{self.path}: the {split} split has {len(fs)} sample; the "
+                                "diagnostics need at least 2 (raise --limit or use a larger "
+                                "split)")
+            self._sets[split] = fs
         return self._sets[split]

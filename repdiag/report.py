@@ -26,6 +26,7 @@ from repdiag.diagnostics import cka, tsne
 from repdiag.errors import UserError
 from repdiag.features import FeatureSource
 
+MIN_TSNE_POINTS = 10  # fewer leave no perplexity with at least one neighbour per point
 CONFIG_KEYS = ("method", "data", "backbone", "width", "epochs", "batch_size", "temperature",
                "head.kind", "head.hidden_dim", "head.out_dim", "head.activation", "scheme.kind",
                "optim.name", "optim.lr", "select")
@@ -76,11 +77,21 @@ def build_report(sources: list[FeatureSource], labels: list[str], *, probe: str 
     """The diagnostics of each model (G §3): spectra, ranks, probes, CKA(h, z), t-SNE."""
     if tsne_points < 0:
         raise UserError(f"--tsne-points must be >= 0 (0 skips the maps), got {tsne_points}")
+    diagnose.check_probe_options(probe, preset)
+    tests = []
+    for label, src in zip(labels, sources, strict=True):  # every input checked before work
+        if progress and src.checkpoint is not None:
+            progress(f"{label}: features")
+        test = src.get("test")
+        if tsne_points and min(len(test), tsne_points) < MIN_TSNE_POINTS:
+            raise UserError(f"{label}: the test split has {len(test)} samples, too few for a "
+                            f"t-SNE map (at least {MIN_TSNE_POINTS}); pass --tsne-points 0 to "
+                            "skip the maps")
+        tests.append(test)
     reports = []
-    for label, src in zip(labels, sources, strict=True):
+    for label, src, test in zip(labels, sources, tests, strict=True):
         step = (lambda what, lab=label: progress(f"{lab}: {what}")) if progress else (lambda _: None)
         step("spectra and ranks")
-        test = src.get("test")
         spectrum = diagnose.spectrum_report(src, "test")
         rank = diagnose.rank_report(src, "test")
         step(f"{probe} probes")
@@ -176,10 +187,25 @@ def write_report(reports: list[ModelReport], out: Path, *, title: str = "repdiag
                  class_names: list[str] | None = None, notes: list[str] = ()) -> dict:
     """Write ``report.html`` (self-contained), ``report.md`` + its PNGs and ``report.json``.
 
-    Everything is rendered in memory first and written only at the end, each
-    file atomically, so a failure leaves no half-written page.
+    The set is built in a temporary folder beside ``out`` and moved into place
+    only when every file is written (:func:`repdiag.outputs.output_set`): a
+    failure (a full disk, say) leaves ``out`` as it was, with no temporary file
+    and no folder created, and is one UserError line.
     """
-    from repdiag.checkpoint import atomic_write_text
+    from repdiag.outputs import output_set
+
+    out = Path(out)
+    with output_set(out) as tmp:
+        n = _write_report_files(reports, tmp, title=title, class_names=class_names, notes=notes)
+    return {"html": str(out / "report.html"), "markdown": str(out / "report.md"),
+            "json": str(out / "report.json"), "figures": n}
+
+
+def _write_report_files(reports: list[ModelReport], out: Path, *, title: str,
+                        class_names: list[str] | None, notes) -> int:
+    """Render the page, its Markdown twin, the JSON and the PNGs into the folder ``out``;
+    returns the number of figures."""
+    from repdiag.outputs import dumps
 
     figures = [(stem, caption, _png(fig)) for stem, caption, fig in
                _figures(reports, class_names)]
@@ -219,14 +245,12 @@ def write_report(reports: list[ModelReport], out: Path, *, title: str = "repdiag
                      f"<figcaption>{esc(caption)}</figcaption></figure>")
         md += [f"![{caption}](report_files/{stem}.png)", "", f"*{caption}*", ""]
     parts.append("</body></html>")
-    out.mkdir(parents=True, exist_ok=True)
     files = out / "report_files"
-    files.mkdir(exist_ok=True)
+    files.mkdir()
     for stem, _, png in figures:
-        (files / f".{stem}.png.tmp").write_bytes(png)
-        (files / f".{stem}.png.tmp").replace(files / f"{stem}.png")
-    atomic_write_text(out / "report.md", "\n".join(md) + "\n")
-    atomic_write_text(out / "report.json", json.dumps([r.to_dict() for r in reports], default=str))
-    atomic_write_text(out / "report.html", "".join(parts) + "\n")
-    return {"html": str(out / "report.html"), "markdown": str(out / "report.md"),
-            "json": str(out / "report.json"), "figures": len(figures)}
+        (files / f"{stem}.png").write_bytes(png)
+    (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    (out / "report.json").write_text(dumps([r.to_dict() for r in reports], default=str),
+                                     encoding="utf-8")
+    (out / "report.html").write_text("".join(parts) + "\n", encoding="utf-8")
+    return len(figures)

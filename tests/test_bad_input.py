@@ -61,6 +61,7 @@ def files(tmp_path_factory):
     (d / "run_nobest" / "last.pt").write_bytes((run / "last.pt").read_bytes())
     (run / "best.pt").unlink(missing_ok=True)
     (d / "blocker").write_text("a file where a folder is expected")
+    save_features(d / "feat_two.pt", FeatureSet(h=h[:2], y=y[:2]), FeatureSet(h=h[:2], y=y[:2]))
     return d
 
 
@@ -104,6 +105,27 @@ DIAGNOSTIC_CASES = [
     ("out-under-a-file", ["tsne", "{d}/feat.pt", "--out", "{d}/blocker/figs"],
      "cannot write to --out"),
     ("no-best", ["rank", "{d}/run_nobest", "--checkpoint", "best"], "no best.pt"),
+    # options checked before any extraction, cache write or progress line (checkpoint inputs)
+    ("limit-one", ["rank", "{d}/run/last.pt", "--limit", "1"], "--limit 1 leaves one sample"),
+    ("preset-before-work", ["probe", "{d}/run/last.pt", "--preset", "nope"],
+     "unknown kNN preset 'nope' (--preset)"),
+    ("report-preset", ["report", "{d}/run/last.pt", "--out", "{d}/rep", "--preset", "nope"],
+     "(--preset)"),
+    ("report-probe", ["report", "{d}/run/last.pt", "--out", "{d}/rep", "--probe", "svm"],
+     "unknown probe 'svm' (--probe)"),
+    ("report-tsne-points", ["report", "{d}/run/last.pt", "--out", "{d}/rep", "--tsne-points",
+                            "1"], "--tsne-points must be 0 (no maps) or at least 10"),
+    ("report-two-samples", ["report", "{d}/feat_two.pt", "--out", "{d}/rep"],
+     "pass --tsne-points 0"),
+    ("tsne-small-perplexity", ["tsne", "{d}/run/last.pt", "--perplexity", "0.2"],
+     "--perplexity must be a finite number of at least 1/3"),
+    ("tsne-perplexity-points", ["tsne", "{d}/run/last.pt", "--max-points", "20"],
+     "--perplexity 30 needs more than 90 points; --max-points is 20"),
+    ("seed-too-large", ["probe", "{d}/run/last.pt", "--seed", "1180591620717411303424"],
+     "--seed must be an integer in 0..2^63-1"),
+    ("rtol-huge", ["rank", "{d}/run/last.pt", "--rtol", "1e308"], "--rtol must be"),
+    ("out-under-a-file-report", ["report", "{d}/run/last.pt", "--out", "{d}/blocker/rep"],
+     "cannot write to --out"),
     ("unknown-option", ["rank", "{d}/feat.pt", "--bogus"], "unrecognized arguments"),
     ("bad-choice", ["rank", "{d}/run", "--checkpoint", "peak"], "invalid choice"),
 ]
@@ -125,8 +147,10 @@ def test_diagnostic_mistakes(files, tmp_path, monkeypatch, capsys, case, argv, m
     assert msg in err, err
     code, out, err = _run(capsys, [*argv, "--json"])
     assert code == 2 and msg in json.loads(out.strip().splitlines()[-1])["error"]
+    # nothing written here, not even the feature cache ($REPDIAG_CACHE is under tmp_path)
     assert list(tmp_path.iterdir()) == [] and not (tmp_path / "PWNED_MARKER").exists()
     assert not any(p.name.endswith(".tmp") for p in files.rglob("*"))
+    assert not (files / "rep").exists()  # no --out folder created by a failed command
 
 
 def test_cuda_without_a_gpu_is_refused_before_any_work(files, capsys):
@@ -306,7 +330,8 @@ def test_a_full_disk_while_writing_figures_leaves_no_partial_figure(files, tmp_p
     out = tmp_path / "figs"
     code, _, err = _run(capsys, ["spectrum", f"{files}/feat.pt", "--out", str(out)])
     assert code == 2 and "No space left on device" in err and len(err.strip().splitlines()) == 1
-    assert list(out.iterdir()) == []  # neither the PNG without its PDF nor a temp file
+    # neither the PNG without its PDF nor a temp file, and no --out folder created
+    assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_a_failed_download_leaves_no_data_root_tree(tmp_path, monkeypatch):
@@ -322,3 +347,18 @@ def test_a_failed_download_leaves_no_data_root_tree(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="download failed"):
         via_torchvision("cifar10", make, root, True, "get it by hand")
     assert not (tmp_path / "data").exists()
+
+
+def test_a_resume_refuses_a_checkpoint_from_a_newer_version(files, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(files / "run", run)
+    raw = torch.load(run / "last.pt", weights_only=True)
+    raw["version"] = 99
+    torch.save(raw, run / "last.pt")
+    before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    code, _, err = _run(capsys, ["train", "--resume", str(run), "--quiet", "--set", "epochs=2"])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "version 99 is newer than this repdiag (version 1)" in err
+    assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 from pathlib import Path
 
 from repdiag.errors import UserError
+from repdiag.outputs import dumps
 from train.config import (
     apply_overrides,
     check_resume_overrides,
@@ -70,7 +70,7 @@ def run_train(args: argparse.Namespace) -> int:
 
             shutdown()
     if trainer.world.is_main:  # one result line, not one per process
-        print(json.dumps({"out": str(out), **final}))
+        print(dumps({"out": str(out), **final}))
     return 0
 
 
@@ -107,7 +107,7 @@ def run_train_ae(args: argparse.Namespace) -> int:
     from train.autoencoder import make_ae_config, train_autoencoder
 
     cfg = make_ae_config(args.data, args.overrides)
-    print(json.dumps(train_autoencoder(cfg, args.out, quiet=args.quiet)))
+    print(dumps(train_autoencoder(cfg, args.out, quiet=args.quiet)))
     return 0
 
 
@@ -129,5 +129,5 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
 def run_sweep_cmd(args: argparse.Namespace) -> int:
     from train.sweep import run_sweep
 
-    print(json.dumps(run_sweep(args.grid, args.out, quiet=args.quiet)))
+    print(dumps(run_sweep(args.grid, args.out, quiet=args.quiet)))
     return 0

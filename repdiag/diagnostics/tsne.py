@@ -109,6 +109,12 @@ def tsne(X: Any, labels: Any = None, *, n_jobs: int | None = None, perplexity: f
     if isinstance(exact_limit, bool) or not isinstance(exact_limit, int) or exact_limit < 2:
         raise UserError(f"exact_limit must be an integer >= 2, got {exact_limit!r}")
     X = as_matrix(X, "X", min_rows=2)
+    top = float(X.abs().max())
+    if top > 0 and not 1e-6 <= top <= 1e6:
+        # far from unit scale (float64 features of 1e39 or 1e-50): the perplexity-calibrated
+        # affinities do not depend on a global scale, but float32 steps inside the
+        # optimisers overflow or underflow, so map onto unit scale first
+        X = X / top
     n = X.shape[0]
     lab = None
     if labels is not None:
