@@ -334,7 +334,7 @@ def test_resume_refuses_what_it_would_ignore_or_rewrite(finished, tmp_path, caps
 
 
 @pytest.mark.parametrize("field,value,msg", [
-    ("config", "a string", "its config is str"),
+    ("config", "a string", "bad 'config' (str, expected a dict)"),
     ("epoch", "abc", "last.pt"),
 ])
 def test_resume_of_a_checkpoint_with_wrong_types_is_one_line(finished, tmp_path, capsys, field,
