@@ -21,8 +21,9 @@ import pandas as pd
 from repdiag import diagnose
 from repdiag.devices import check_device
 from repdiag.errors import UserError
-from repdiag.features import FeatureSource
+from repdiag.features import FeatureSource, parse_normalize
 from repdiag.importers import parse_key_map
+from repdiag.models import ACTIVATIONS, STEMS
 from repdiag.runs import is_run_folder, run_checkpoint
 
 
@@ -58,8 +59,20 @@ def add_diagnostic_parsers(sub) -> None:
                        help="cpu, cuda or cuda:N (feature extraction; for tsne also the t-SNE: on "
                             "cuda it runs in torch with exact gradients)" if name == "tsne"
                        else "cpu, cuda or cuda:N (feature extraction)")
-        p.add_argument("--normalize", default="auto", choices=("auto", "none", "imagenet"),
-                       help="input normalisation for extraction (auto: from the checkpoint)")
+        p.add_argument("--normalize", default="auto", metavar="auto|none|imagenet|cifar10|"
+                       "cifar100|M,M,M/S,S,S",
+                       help="input normalisation for extraction (auto: from the checkpoint, "
+                            "solo-learn's args.json, else ImageNet's for foreign files, said "
+                            "on stderr)")
+        p.add_argument("--stem", choices=STEMS,
+                       help="a foreign ResNet's stem, which its weights cannot tell (default: "
+                            "from solo-learn's args.json, else assumed and said on stderr)")
+        p.add_argument("--head-activation", choices=tuple(ACTIVATIONS),
+                       help="a foreign projector's activation (default: from the layout, "
+                            "else ReLU, said on stderr)")
+        p.add_argument("--backbone", metavar="TIMM_NAME",
+                       help="read a foreign backbone as this timm model (e.g. "
+                            "convnext_tiny); h is its pooled feature")
         p.add_argument("--no-cache", action="store_true", help="do not read/write the feature cache")
         p.add_argument("--json", action="store_true", help="print machine-readable JSON")
         p.add_argument("--out", metavar="DIR", help="write figures (PNG and PDF) into DIR")
@@ -97,11 +110,15 @@ def _sources(args) -> list[FeatureSource]:
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be positive, got {args.limit}")
     check_device(args.device)
-    kw = dict(device=args.device, normalize=args.normalize, cache=not args.no_cache,
-              data_root=args.data_root, limit=args.limit)
+    kw = dict(device=args.device, normalize=parse_normalize(args.normalize),
+              cache=not args.no_cache, data_root=args.data_root, limit=args.limit)
     key_map = parse_key_map(args.key_map)
+    options = {"stem": args.stem, "head_activation": args.head_activation,
+               "backbone": args.backbone}
     paths = [run_checkpoint(p, args.checkpoint) if is_run_folder(p) else p for p in args.inputs]
-    sources = [FeatureSource(p, data=args.data, key_map=key_map, **kw) for p in paths]
+    sources = [FeatureSource(p, data=args.data, key_map=key_map, options=options, **kw)
+               for p in paths]
+    args.import_records = [_import_record(s) for s in sources]
     files = [s.path for s in sources if s.checkpoint is None]
     if files and (args.data or args.limit or args.data_root):
         given = ", ".join(o for o, v in (("--data", args.data), ("--limit", args.limit),
@@ -109,6 +126,15 @@ def _sources(args) -> list[FeatureSource]:
         warnings.warn(f"{given} do(es) not apply to feature files ({', '.join(files)}): their "
                       "features are used as they are", stacklevel=2)
     return sources
+
+
+def _import_record(src: FeatureSource) -> dict | None:
+    """How a foreign checkpoint was read: its layout, what was decided on what evidence,
+    and what was assumed (None for repdiag checkpoints and feature files)."""
+    ck = src.checkpoint
+    if ck is None or ck.source == "repdiag-checkpoint":
+        return None
+    return {"layout": ck.source, **(ck.extra.get("import") or {})}
 
 
 def _figure_stems(sources: list[FeatureSource]) -> list[str]:
@@ -133,6 +159,9 @@ def _labels(sources: list[FeatureSource]) -> list[str]:
 def _emit(args, reports: list[dict], labels: list[str], table: pd.DataFrame,
           header: list[str] = (), notes: list[str] = ()) -> None:
     if args.json:
+        records = getattr(args, "import_records", None) or [None] * len(reports)
+        reports = [{**r, "import": rec} if rec else r
+                   for r, rec in zip(reports, records, strict=True)]
         if len(reports) == 1:
             print(json.dumps(reports[0]))
         else:
@@ -207,8 +236,8 @@ def _out_dir(args) -> Path | None:
 
 
 def run_spectrum(args: argparse.Namespace) -> int:
-    out = _out_dir(args)
     sources = _sources(args)
+    out = _out_dir(args)
     labels = _labels(sources)
     reports = [diagnose.spectrum_report(s, args.split, normalize=args.l2) for s in sources]
     rows = []
@@ -230,8 +259,8 @@ def run_spectrum(args: argparse.Namespace) -> int:
 
 
 def run_rank(args: argparse.Namespace) -> int:
-    out = _out_dir(args)
     sources = _sources(args)
+    out = _out_dir(args)
     labels = _labels(sources)
     reports = [diagnose.rank_report(s, args.split, rtol=args.rtol) for s in sources]
     rows = []
@@ -281,8 +310,8 @@ def _probe_figure(args, labels, reports, name) -> None:
 
 
 def run_probe(args: argparse.Namespace) -> int:
-    _out_dir(args)
     sources = _sources(args)
+    _out_dir(args)
     labels = _labels(sources)
     reports = [diagnose.probe_report(s, args.probe, args.on, preset=args.preset, seed=args.seed)
                for s in sources]
@@ -294,8 +323,8 @@ def run_probe(args: argparse.Namespace) -> int:
 
 
 def run_nullspace(args: argparse.Namespace) -> int:
-    _out_dir(args)
     sources = _sources(args)
+    _out_dir(args)
     labels = _labels(sources)
     reports = [diagnose.nullspace_report(s, args.probe, preset=args.preset, seed=args.seed)
                for s in sources]
@@ -320,8 +349,8 @@ def run_tsne(args: argparse.Namespace) -> int:
     names = diagnose._parse_on(args.on, ("h", "z")) if args.on else None
     if args.max_points < 10:
         raise UserError(f"--max-points must be at least 10, got {args.max_points}")
-    out = _out_dir(args) or Path(".")
     sources = _sources(args)
+    out = _out_dir(args) or Path(".")
     labels = _labels(sources)
     reports, rows = [], []
     for lab, fig_stem, src in zip(labels, _figure_stems(sources), sources, strict=True):
@@ -353,8 +382,8 @@ def run_report(args: argparse.Namespace) -> int:
 
     if not args.out:
         raise UserError("report needs --out DIR (report.html, report.md, report.json go there)")
-    out = _out_dir(args)
     sources = _sources(args)
+    out = _out_dir(args)
     labels = _labels(sources)
     progress = None if args.json else (lambda text: print(f"[report] {text}", file=sys.stderr,
                                                           flush=True))

@@ -2,10 +2,10 @@
 
 Each file is made the way its library's users make it (lightly: a module with
 ``backbone`` and ``projection_head`` saved by ``torch.save(model.state_dict())``;
-solo-learn: a Lightning module with ``save_hyperparameters(OmegaConf config)``
-saved by ``lightning.Trainer.save_checkpoint``; torchvision and timm state
-dicts), then read through the CLI; z must equal the library's own head
-applied to h.
+a Lightning module with ``save_hyperparameters(OmegaConf config)`` saved by
+``lightning.Trainer.save_checkpoint``; torchvision and timm state dicts), then
+read through the CLI; z must equal the library's own head applied to h.
+solo-learn's checkpoints are in test_solo_learn.py (files written by its code).
 """
 
 import json
@@ -131,41 +131,26 @@ def test_lightly_default_simclr_head_on_resnet18(tmp_path, capsys):
     _check_head(path, model.backbone, model.projection_head)
 
 
-# ------------------------------------------------------------------------- solo-learn / Lightning
-SOLO_PROJECTORS = {  # solo-learn's projector of each method family, at small sizes
-    "simclr": lambda m: nn.Sequential(nn.Linear(m, 32), nn.BatchNorm1d(32), nn.ReLU(),
-                                      nn.Linear(32, 16)),
-    "mocov2plus": lambda m: nn.Sequential(nn.Linear(m, 32), nn.ReLU(), nn.Linear(32, 16)),
-    "barlow_twins": lambda m: nn.Sequential(nn.Linear(m, 32), nn.BatchNorm1d(32), nn.ReLU(),
-                                            nn.Linear(32, 32), nn.BatchNorm1d(32), nn.ReLU(),
-                                            nn.Linear(32, 16)),
-    "simsiam": lambda m: nn.Sequential(nn.Linear(m, 32, bias=False), nn.BatchNorm1d(32),
-                                       nn.ReLU(), nn.Linear(32, 32, bias=False),
-                                       nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 16),
-                                       nn.BatchNorm1d(16, affine=False)),
-}
-
-
-def _solo_checkpoint(path, method, backbone_attr="backbone"):
-    """A Lightning checkpoint as solo-learn writes it: OmegaConf hyper-parameters included."""
+# ------------------------------------------------------------------------- Lightning
+# solo-learn's own checkpoints are tested in test_solo_learn.py, on files its code wrote.
+def _lightning_checkpoint(path, backbone_attr="backbone", head_attr="head"):
+    """A Lightning checkpoint with OmegaConf hyper-parameters, after two training steps."""
     import lightning
     import omegaconf
 
-    cfg = omegaconf.OmegaConf.create({
-        "method": method, "backbone": {"name": "resnet18", "kwargs": {}},
-        "data": {"dataset": "cifar10"},
-        "method_kwargs": {"proj_hidden_dim": 32, "proj_output_dim": 16}})
+    cfg = omegaconf.OmegaConf.create({"model": {"width": 0.125}, "data": {"dataset": "cifar10"}})
 
     class Method(lightning.LightningModule):
         def __init__(self, cfg):
             super().__init__()
             self.save_hyperparameters(cfg)
             setattr(self, backbone_attr, _narrow_resnet18())
-            self.projector = SOLO_PROJECTORS[method](64)
-            self.classifier = nn.Linear(64, 10)  # solo-learn's online linear probe
+            setattr(self, head_attr, nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32),
+                                                   nn.ReLU(), nn.Linear(32, 16)))
 
         def training_step(self, batch, _):
-            return self.projector(getattr(self, backbone_attr)(batch[0])).square().mean()
+            h = getattr(self, backbone_attr)(batch[0])
+            return getattr(self, head_attr)(h).square().mean()
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.01)
@@ -184,27 +169,39 @@ def _solo_checkpoint(path, method, backbone_attr="backbone"):
     return model
 
 
-@pytest.mark.parametrize("method", sorted(SOLO_PROJECTORS))
-def test_solo_learn_lightning_checkpoint_with_omegaconf(tmp_path, capsys, method):
-    path = tmp_path / "solo.ckpt"
-    model = _solo_checkpoint(path, method)
+def test_lightning_checkpoint_with_omegaconf(tmp_path, capsys):
+    path = tmp_path / "run.ckpt"
+    model = _lightning_checkpoint(path)
     with pytest.raises(Exception, match="(?i)global|weights_only"):  # what torch itself says
         torch.load(path, weights_only=True)
     r = _rank_json(capsys, path)
     assert r["h"]["dim"] == 64 and r["z"]["dim"] == 16
-    ck = _check_head(path, model.backbone, model.projector)
+    assert r["import"]["decided"]["stem"].startswith("cifar-pad1")  # assumed, and said so
+    assert any("--stem" in a for a in r["import"]["assumptions"])
+    ck = _check_head(path, model.backbone, model.head)
     hp = ck.config["hyper_parameters"]  # kept as plain data
-    assert hp["method"] == method and hp["method_kwargs"]["proj_output_dim"] == 16
-    assert hp["data"]["dataset"] == "cifar10" and isinstance(hp["backbone"], dict)
-    assert ck.dataset == "cifar10"  # the default for --data, from solo-learn's config
+    assert hp["model"]["width"] == 0.125 and hp["data"]["dataset"] == "cifar10"
+    assert ck.dataset == "cifar10"  # the default for --data, from the recorded config
 
 
-def test_older_solo_learn_encoder_prefix(tmp_path, capsys):
+def test_encoder_projector_layout_without_config_states_its_stem(tmp_path, capsys):
+    """solo-learn's older key names (encoder., projector.) but no args.json: its CIFAR stem
+    (padding 2) is assumed and said on stderr; --stem overrides it."""
     path = tmp_path / "old.ckpt"
-    model = _solo_checkpoint(path, "simclr", backbone_attr="encoder")
-    r = _rank_json(capsys, path)
-    assert r["h"]["dim"] == 64 and r["z"]["dim"] == 16
-    _check_head(path, model.encoder, model.projector)
+    model = _lightning_checkpoint(path, backbone_attr="encoder", head_attr="projector")
+    code = main(["rank", str(path), "--data", "synthetic", "--limit", LIMIT])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "padding 2" in err and "--stem cifar-pad1|cifar-pad2" in err
+    assert load_checkpoint(path).backbone_spec.stem == "cifar-pad2"
+    r = _rank_json(capsys, path, "--stem", "cifar-pad1")
+    assert r["import"]["decided"]["stem"] == "cifar-pad1 (--stem)"
+    ck = load_checkpoint(path, options={"stem": "cifar-pad1"})
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():  # model's own stem is padding 1: exact with the override
+        torch.testing.assert_close(ck.build_backbone()(x), model.encoder.eval()(x))
+    assert main(["rank", str(path), "--stem", "imagenet", "--data", "synthetic"]) == 2
+    assert "does not fit" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------- wrappers and --map
@@ -212,7 +209,7 @@ def test_ddp_module_prefix_in_a_state_dict_wrapper(tmp_path, capsys):
     torch.manual_seed(0)
     backbone, head = _narrow_resnet18(), nn.Sequential(nn.Linear(64, 16))
     wrapped = nn.Module()
-    wrapped.backbone, wrapped.projector = backbone, head
+    wrapped.backbone, wrapped.head = backbone, head
     state = {f"module.{k}": v for k, v in wrapped.state_dict().items()}
     path = tmp_path / "ddp.pt"
     torch.save({"state_dict": state, "epoch": 3}, path)

@@ -78,7 +78,7 @@ def test_glorot_init_bounds():
 
 @pytest.mark.parametrize("bad,msg", [
     (dict(kind="conv"), "unknown head kind 'conv'"),
-    (dict(activation="gelu"), "unknown activation 'gelu'"),
+    (dict(activation="swish"), "unknown activation 'swish'"),
     (dict(kind="directclr", d0=4096), "head.d0=4096"),
 ])
 def test_bad_head_specs_are_user_errors(bad, msg):
