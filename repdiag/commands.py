@@ -114,10 +114,17 @@ def _sources(args) -> list[FeatureSource]:
               cache=not args.no_cache, data_root=args.data_root, limit=args.limit)
     key_map = parse_key_map(args.key_map)
     options = {"stem": args.stem, "head_activation": args.head_activation,
-               "backbone": args.backbone}
+               "backbone": args.backbone, "normalize": kw["normalize"]}
     paths = [run_checkpoint(p, args.checkpoint) if is_run_folder(p) else p for p in args.inputs]
     sources = [FeatureSource(p, data=args.data, key_map=key_map, options=options, **kw)
                for p in paths]
+    chosen = [f"--{k.replace('_', '-')}" for k in ("stem", "head_activation", "backbone")
+              if getattr(args, k)]
+    own = [s.path for s in sources if s.checkpoint is not None
+           and s.checkpoint.source == "repdiag-checkpoint"]
+    if chosen and own:
+        raise UserError(f"{', '.join(chosen)} apply to foreign checkpoints; {own[0]} is a "
+                        "repdiag checkpoint, which records its own architecture")
     args.import_records = [_import_record(s) for s in sources]
     files = [s.path for s in sources if s.checkpoint is None]
     if files and (args.data or args.limit or args.data_root):

@@ -76,7 +76,7 @@ IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 VIT_HEADS = {"vit_tiny": 3, "vit_small": 6, "vit_base": 12, "vit_large": 16}
 VIT_HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16}
 #: options a foreign checkpoint can be read with (the CLI's flags)
-OPTIONS = ("stem", "head_activation", "backbone")
+OPTIONS = ("stem", "head_activation", "backbone", "normalize")
 
 
 class _Record:
@@ -118,9 +118,11 @@ def import_foreign(raw: object, path: str, key_map: tuple[tuple[str, str], ...] 
     ``source``, ``key_prefixes``, ``extra``), or a UserError saying why it cannot be read.
 
     ``options``: ``stem`` (one of :data:`repdiag.models.STEMS`), ``head_activation``
-    (one of :data:`repdiag.models.ACTIVATIONS`), ``backbone`` (a timm model name).
+    (one of :data:`repdiag.models.ACTIVATIONS`), ``backbone`` (a timm model name),
+    ``normalize`` (the CLI's ``--normalize``; anything but ``auto`` is the user's choice,
+    so nothing is assumed about the input statistics).
     """
-    options = {k: v for k, v in (options or {}).items() if v}
+    options = {k: v for k, v in (options or {}).items() if v and v != "auto"}
     if set(options) - set(OPTIONS):
         raise ValueError(f"unknown import options {sorted(set(options) - set(OPTIONS))}")
     _check_options(options)
@@ -176,7 +178,7 @@ def import_foreign(raw: object, path: str, key_map: tuple[tuple[str, str], ...] 
         prefixes["head"] += "layers."
     head_spec, head_state = infer_head(head_state, feature_dim, path, activation)
     extra = {"import": None}
-    mean_std = _input_norm(solo, cfg_origin, source, record)
+    mean_std = _input_norm(solo, cfg_origin, options, record)
     if mean_std is not None:
         extra["input_norm"] = {"mean": list(mean_std[0]), "std": list(mean_std[1])}
     extra["import"] = record.to_dict()
@@ -381,9 +383,12 @@ def _head_activation(head_state: dict, source: str, dino: bool, options: dict,
     return "relu"
 
 
-def _input_norm(solo: dict, cfg_origin: str, source: str, record: _Record):
+def _input_norm(solo: dict, cfg_origin: str, options: dict, record: _Record):
     """The mean/std the model was trained with: solo-learn's by dataset (from its config),
-    else ImageNet's (assumed and said)."""
+    else ImageNet's (assumed and said) unless ``--normalize`` chose."""
+    if options.get("normalize"):
+        record.decide("normalize", options["normalize"], "--normalize")
+        return None
     if cfg_origin:
         dataset = str((solo.get("data") or {}).get("dataset", ""))
         if dataset in SOLO_MEANS_N_STD:

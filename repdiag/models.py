@@ -139,7 +139,9 @@ def _timm_backbone(spec: BackboneSpec) -> nn.Module:
     except (RuntimeError, TypeError, ValueError, AssertionError) as e:
         raise UserError(f"cannot build backbone {spec.name} {spec.kwargs}: "
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    net.feature_dim = int(net.num_features)
+    # the width of forward()'s output: timm's head_hidden_size where a pre-logits layer
+    # follows the pooling (e.g. MobileNetV3), else num_features
+    net.feature_dim = int(getattr(net, "head_hidden_size", None) or net.num_features)
     return net
 
 

@@ -263,3 +263,112 @@ def test_key_errors_name_the_files_own_keys(tmp_path):
     del ck.head_state["net.4.weight"]
     with pytest.raises(UserError, match=r"missing keys projection_head\.layers\.4\.weight$"):
         ck.build_head()
+
+
+# ------------------------------------------------------------------------- DINO heads, activations
+def _lightly_dino(batch_norm: bool):
+    from lightly.models.modules import heads
+
+    class DINO(nn.Module):  # lightly's DINO example: backbone + DINOProjectionHead
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Sequential(*list(_narrow_resnet18().children())[:-1])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # weight_norm's deprecation
+                self.projection_head = heads.DINOProjectionHead(64, 32, 16, 50,
+                                                                batch_norm=batch_norm)
+
+    torch.manual_seed(0)
+    return DINO()
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+@pytest.mark.parametrize("mapped", [False, True])
+def test_lightly_dino_head_z_is_its_bottleneck(tmp_path, capsys, batch_norm, mapped):
+    model = _lightly_dino(batch_norm)
+    path = tmp_path / "dino.pt"
+    torch.save(model.state_dict(), path)
+    key_map = (("backbone.", "backbone"), ("projection_head.", "head")) if mapped else ()
+    flags = [f for p, r in key_map for f in ("--map", f"{p}={r}")]
+    r = _rank_json(capsys, path, *flags)
+    assert r["z"]["dim"] == 16  # the bottleneck, not the 50 prototype logits
+    assert r["import"]["decided"]["head_activation"].startswith("gelu")
+    assert "last_layer" in r["import"]["decided"]["z"]
+    _check_head(path, model.backbone, model.projection_head.layers, key_map)
+
+
+def test_head_activation_is_assumed_and_can_be_set(tmp_path, capsys):
+    torch.manual_seed(0)
+    backbone = _narrow_resnet18()
+    head = nn.Sequential(nn.Linear(64, 32), nn.SiLU(), nn.Linear(32, 8))
+    state = {**{f"enc.{k}": v for k, v in backbone.state_dict().items()},
+             **{f"proj.{k}": v for k, v in head.state_dict().items()}}
+    path = tmp_path / "custom.pt"
+    torch.save(state, path)
+    flags = ["--map", "enc.=backbone", "--map", "proj.=head"]
+    code = main(["rank", str(path), "--data", "synthetic", "--limit", LIMIT, *flags])
+    err = capsys.readouterr().err
+    assert code == 0 and "assumed ReLU" in err and "--head-activation" in err
+    r = _rank_json(capsys, path, *flags, "--head-activation", "silu")
+    assert r["import"]["decided"]["head_activation"] == "silu (--head-activation)"
+    key_map = (("enc.", "backbone"), ("proj.", "head"))
+    ck = load_checkpoint(path, key_map, options={"head_activation": "silu"})
+    h = torch.randn(5, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ck.build_head()(h), head.eval()(h))
+    assert main(["rank", str(path), *flags, "--head-activation", "swish"]) == 2
+
+
+# ------------------------------------------------------------------------- timm, ViT
+def test_any_timm_model_with_backbone_option(tmp_path, capsys):
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=10)
+    path = tmp_path / "mnv3.pt"
+    torch.save(model.state_dict(), path)
+    code = main(["rank", str(path), "--data", "synthetic", "--limit", "8"])
+    assert code == 2 and "--backbone" in capsys.readouterr().err
+    r = _rank_json(capsys, path, "--backbone", "mobilenetv3_small_050", "--limit", "8")
+    ck = load_checkpoint(path, options={"backbone": "mobilenetv3_small_050"})
+    model.reset_classifier(0)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert r["h"]["dim"] == model.eval()(x).shape[1] == 1024 and "z" not in r
+        torch.testing.assert_close(ck.build_backbone()(x), model.eval()(x), atol=1e-5, rtol=1e-5)
+    assert main(["rank", str(path), "--backbone", "no_such_model"]) == 2
+    assert "timm has no model 'no_such_model'" in capsys.readouterr().err
+
+
+def test_timm_vit_without_config_states_its_heads(tmp_path):
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=192, depth=2, num_heads=3,
+                            num_classes=0)
+    path = tmp_path / "vit.pt"
+    torch.save({"backbone": vit.state_dict()}, path)
+    with pytest.warns(UserWarning, match="3 attention heads assumed"):
+        ck = load_checkpoint(path)
+    assert ck.backbone_spec.kwargs["depth"] == 2 and ck.backbone_spec.kwargs["patch_size"] == 8
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():  # h: the CLS token after the final norm, as timm computes it
+        torch.testing.assert_close(ck.build_backbone()(x), vit.eval()(x))
+
+
+# ------------------------------------------------------------------------- normalisation
+def test_normalize_option_values(tmp_path, capsys):
+    from repdiag.features import _normalization
+
+    path = tmp_path / "tv.pt"
+    torch.save(resnet18().state_dict(), path)
+    ck = load_checkpoint(path)
+    assert _normalization(ck, "cifar100")[0] == (0.5071, 0.4865, 0.4409)
+    assert _normalization(ck, "0.5,0.5,0.5/0.25,0.25,0.25") == ((0.5,) * 3, (0.25,) * 3)
+    capsys.readouterr()
+    assert main(["rank", str(path), "--normalize", "0.5,0.5/1,1,1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--normalize must be" in err
+    r = _rank_json(capsys, path, "--normalize", "cifar10", "--limit", "8")  # chosen: not assumed
+    assert r["import"]["decided"]["normalize"] == "cifar10 (--normalize)"
+    assert not any("normalised" in a for a in r["import"]["assumptions"])
