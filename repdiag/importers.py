@@ -80,7 +80,8 @@ OPTIONS = ("stem", "head_activation", "backbone", "normalize")
 
 
 class _Record:
-    """What was decided on what evidence, and what was assumed (warned once each)."""
+    """What was decided on what evidence, and what was assumed (warned once each by
+    :meth:`warn`, once the whole file was read: a refused file shows only its error)."""
 
     def __init__(self, path: str):
         self.path = path
@@ -93,7 +94,10 @@ class _Record:
     def assume(self, fact: str, value, text: str) -> None:
         self.decided[fact] = f"{value} (assumed)"
         self.assumptions.append(text)
-        warnings.warn(f"{self.path}: {text}", stacklevel=3)
+
+    def warn(self) -> None:
+        for text in self.assumptions:
+            warnings.warn(f"{self.path}: {text}", stacklevel=4)
 
     def to_dict(self) -> dict:
         return {"decided": dict(self.decided), "assumptions": list(self.assumptions)}
@@ -182,6 +186,7 @@ def import_foreign(raw: object, path: str, key_map: tuple[tuple[str, str], ...] 
     if mean_std is not None:
         extra["input_norm"] = {"mean": list(mean_std[0]), "std": list(mean_std[1])}
     extra["import"] = record.to_dict()
+    record.warn()
     return {"config": config, "backbone_spec": spec, "head_spec": head_spec,
             "backbone_state": backbone, "head_state": head_state, "source": source,
             "key_prefixes": prefixes, "extra": extra}
