@@ -336,14 +336,15 @@ def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
     atomic_torch_save(ckpt, path)
 
 
-def load_checkpoint(path: str | os.PathLike, key_map: tuple = ()) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, key_map: tuple = (),
+                    options: dict | None = None) -> Checkpoint:
     """Load a repdiag checkpoint (or a supported foreign one) as a :class:`Checkpoint`.
 
     Only tensors and plain types are unpickled. A missing, truncated or foreign
     file raises :class:`UserError` naming the file and the problem.
     """
     raw = safe_torch_load(path, "checkpoint")
-    return checkpoint_from_dict(raw, str(path), key_map)
+    return checkpoint_from_dict(raw, str(path), key_map, options)
 
 
 def check_format(raw: dict, path: str) -> None:
@@ -364,8 +365,10 @@ def check_format(raw: dict, path: str) -> None:
                         f"(version {VERSION}); upgrade repdiag to read it")
 
 
-def checkpoint_from_dict(raw: object, path: str, key_map: tuple = ()) -> Checkpoint:
-    """Interpret a loaded object as a checkpoint; foreign layouts go to the importers."""
+def checkpoint_from_dict(raw: object, path: str, key_map: tuple = (),
+                         options: dict | None = None) -> Checkpoint:
+    """Interpret a loaded object as a checkpoint; foreign layouts go to the importers
+    (``options``: see :func:`repdiag.importers.import_foreign`)."""
     if isinstance(raw, dict) and str(raw.get("format", "")).startswith("repdiag-checkpoint"):
         check_format(raw, path)
         try:
@@ -399,4 +402,5 @@ def checkpoint_from_dict(raw: object, path: str, key_map: tuple = ()) -> Checkpo
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
             raise UserError(f"{path}: damaged repdiag checkpoint (missing or bad {e})") from None
     # foreign layouts: torchvision/timm, solo-learn/Lightning, lightly, --map rules
-    return Checkpoint(path=path, key_map=tuple(key_map), **import_foreign(raw, path, key_map))
+    return Checkpoint(path=path, key_map=tuple(key_map),
+                      **import_foreign(raw, path, key_map, options))

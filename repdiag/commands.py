@@ -19,8 +19,9 @@ import pandas as pd
 from repdiag import diagnose
 from repdiag.devices import check_device
 from repdiag.errors import UserError
-from repdiag.features import FeatureSource
+from repdiag.features import FeatureSource, parse_normalize
 from repdiag.importers import parse_key_map
+from repdiag.models import ACTIVATIONS, STEMS
 from repdiag.outputs import check_out, dumps, output_set
 from repdiag.runs import is_run_folder, run_checkpoint
 
@@ -57,8 +58,20 @@ def add_diagnostic_parsers(sub) -> None:
                        help="cpu, cuda or cuda:N (feature extraction; for tsne also the t-SNE: on "
                             "cuda it runs in torch with exact gradients)" if name == "tsne"
                        else "cpu, cuda or cuda:N (feature extraction)")
-        p.add_argument("--normalize", default="auto", choices=("auto", "none", "imagenet"),
-                       help="input normalisation for extraction (auto: from the checkpoint)")
+        p.add_argument("--normalize", default="auto", metavar="auto|none|imagenet|cifar10|"
+                       "cifar100|M,M,M/S,S,S",
+                       help="input normalisation for extraction (auto: from the checkpoint, "
+                            "solo-learn's args.json, else ImageNet's for foreign files, said "
+                            "on stderr)")
+        p.add_argument("--stem", choices=STEMS,
+                       help="a foreign ResNet's stem, which its weights cannot tell (default: "
+                            "from solo-learn's args.json, else assumed and said on stderr)")
+        p.add_argument("--head-activation", choices=tuple(ACTIVATIONS),
+                       help="a foreign projector's activation (default: from the layout, "
+                            "else ReLU, said on stderr)")
+        p.add_argument("--backbone", metavar="TIMM_NAME",
+                       help="read a foreign backbone as this timm model (e.g. "
+                            "convnext_tiny); h is its pooled feature")
         p.add_argument("--no-cache", action="store_true", help="do not read/write the feature cache")
         p.add_argument("--json", action="store_true", help="print machine-readable JSON")
         p.add_argument("--out", metavar="DIR", help="write figures (PNG and PDF) into DIR")
@@ -94,11 +107,22 @@ def add_diagnostic_parsers(sub) -> None:
 
 def _sources(args) -> list[FeatureSource]:
     check_options(args)
-    kw = dict(device=args.device, normalize=args.normalize, cache=not args.no_cache,
+    kw = dict(device=args.device, normalize=parse_normalize(args.normalize), cache=not args.no_cache,
               data_root=args.data_root, limit=args.limit)
     key_map = parse_key_map(args.key_map)
+    options = {"stem": args.stem, "head_activation": args.head_activation,
+               "backbone": args.backbone, "normalize": kw["normalize"]}
     paths = [run_checkpoint(p, args.checkpoint) if is_run_folder(p) else p for p in args.inputs]
-    sources = [FeatureSource(p, data=args.data, key_map=key_map, **kw) for p in paths]
+    sources = [FeatureSource(p, data=args.data, key_map=key_map, options=options, **kw)
+               for p in paths]
+    chosen = [f"--{k.replace('_', '-')}" for k in ("stem", "head_activation", "backbone")
+              if getattr(args, k)]
+    own = [s.path for s in sources if s.checkpoint is not None
+           and s.checkpoint.source == "repdiag-checkpoint"]
+    if chosen and own:
+        raise UserError(f"{', '.join(chosen)} apply to foreign checkpoints; {own[0]} is a "
+                        "repdiag checkpoint, which records its own architecture")
+    args.import_records = [_import_record(s) for s in sources]
     files = [s.path for s in sources if s.checkpoint is None]
     if files and (args.data or args.limit or args.data_root):
         given = ", ".join(o for o, v in (("--data", args.data), ("--limit", args.limit),
@@ -156,6 +180,13 @@ def check_perplexity(perplexity: float, points: int | None = None,
     if points is not None and 3 * perplexity >= points:
         raise UserError(f"--perplexity {perplexity:g} needs more than {int(3 * perplexity)} "
                         f"points; {where} {points}")
+def _import_record(src: FeatureSource) -> dict | None:
+    """How a foreign checkpoint was read: its layout, what was decided on what evidence,
+    and what was assumed (None for repdiag checkpoints and feature files)."""
+    ck = src.checkpoint
+    if ck is None or ck.source == "repdiag-checkpoint":
+        return None
+    return {"layout": ck.source, **(ck.extra.get("import") or {})}
 
 
 def _figure_stems(sources: list[FeatureSource]) -> list[str]:
@@ -180,6 +211,9 @@ def _labels(sources: list[FeatureSource]) -> list[str]:
 def _emit(args, reports: list[dict], labels: list[str], table: pd.DataFrame,
           header: list[str] = (), notes: list[str] = ()) -> None:
     if args.json:
+        records = getattr(args, "import_records", None) or [None] * len(reports)
+        reports = [{**r, "import": rec} if rec else r
+                   for r, rec in zip(reports, records, strict=True)]
         if len(reports) == 1:
             print(dumps(reports[0]))
         else:
@@ -246,8 +280,8 @@ def _out_dir(args) -> Path | None:
 
 
 def run_spectrum(args: argparse.Namespace) -> int:
-    out = _out_dir(args)
     sources = _sources(args)
+    out = _out_dir(args)
     labels = _labels(sources)
     reports = [diagnose.spectrum_report(s, args.split, normalize=args.l2) for s in sources]
     rows = []
@@ -270,8 +304,8 @@ def run_spectrum(args: argparse.Namespace) -> int:
 
 
 def run_rank(args: argparse.Namespace) -> int:
-    out = _out_dir(args)
     sources = _sources(args)
+    out = _out_dir(args)
     labels = _labels(sources)
     reports = [diagnose.rank_report(s, args.split, rtol=args.rtol) for s in sources]
     rows = []
@@ -323,8 +357,8 @@ def _probe_figure(args, labels, reports, name) -> None:
 
 
 def run_probe(args: argparse.Namespace) -> int:
-    _out_dir(args)
     sources = _sources(args)
+    _out_dir(args)
     labels = _labels(sources)
     reports = [diagnose.probe_report(s, args.probe, args.on, preset=args.preset, seed=args.seed)
                for s in sources]
@@ -336,8 +370,8 @@ def run_probe(args: argparse.Namespace) -> int:
 
 
 def run_nullspace(args: argparse.Namespace) -> int:
-    _out_dir(args)
     sources = _sources(args)
+    _out_dir(args)
     labels = _labels(sources)
     reports = [diagnose.nullspace_report(s, args.probe, preset=args.preset, seed=args.seed)
                for s in sources]

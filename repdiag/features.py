@@ -86,18 +86,50 @@ def cache_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "repdiag" / "features"
 
 
+#: named input statistics for ``--normalize`` (CIFAR's as solo-learn trains with them)
+NAMED_NORMS = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+def parse_normalize(normalize: str) -> str:
+    """Check a ``--normalize`` value: auto, none, a name of :data:`NAMED_NORMS`, or
+    ``M,M,M/S,S,S`` (three means and three positive standard deviations)."""
+    if normalize in ("auto", "none") or normalize in NAMED_NORMS:
+        return normalize
+    mean, sep, std = str(normalize).partition("/")
+    try:
+        m, s = [float(v) for v in mean.split(",")], [float(v) for v in std.split(",")]
+    except ValueError:
+        m, s = [], []
+    if not sep or len(m) != 3 or len(s) != 3 or min(s) <= 0:
+        raise UserError(f"--normalize must be auto, none, {', '.join(NAMED_NORMS)} or "
+                        f"M,M,M/S,S,S (three means, three positive stds), got '{normalize}'")
+    return normalize
+
+
 def _normalization(ck: Checkpoint, normalize: str) -> tuple[tuple | None, tuple | None]:
+    """The (mean, std) images are normalised with before the backbone (None: none).
+
+    ``auto``: what the checkpoint records (a repdiag run's statistics; a foreign
+    file's, e.g. solo-learn's for its dataset from ``args.json``), else ImageNet's
+    for foreign files (the importer says so), else none.
+    """
+    normalize = parse_normalize(normalize)
     if normalize == "none":
         return None, None
-    if normalize == "imagenet":
-        return IMAGENET_MEAN, IMAGENET_STD
+    if normalize in NAMED_NORMS:
+        return NAMED_NORMS[normalize]
     if normalize != "auto":
-        raise UserError(f"unknown normalize '{normalize}'; use auto, none or imagenet")
-    if ck.source != "repdiag-checkpoint":
-        return IMAGENET_MEAN, IMAGENET_STD
+        mean, _, std = normalize.partition("/")
+        return tuple(float(v) for v in mean.split(",")), tuple(float(v) for v in std.split(","))
     norm = ck.extra.get("input_norm") if isinstance(ck.extra, dict) else None
     if norm:  # what the run trained with (e.g. Z-score with its training statistics)
         return tuple(norm["mean"]), tuple(norm["std"])
+    if ck.source != "repdiag-checkpoint":
+        return IMAGENET_MEAN, IMAGENET_STD
     if ck.config.get("augment", {}).get("normalize"):
         return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     return None, None
@@ -150,6 +182,8 @@ def extract(checkpoint: str | os.PathLike | Checkpoint, data: str | None = None,
     if cache and os.path.isfile(ck.path):
         parts = [CACHE_VERSION, _file_digest(ck.path), name, data_root, split,
                  sorted(_dataset_kwargs(ck, name).items()), limit, mean, std, ck.key_map]
+        if ck.source != "repdiag-checkpoint":  # how it was read (--stem, --head-activation)
+            parts.append((repr(ck.backbone_spec), repr(ck.head_spec)))
         if prec != "fp32":  # fp32 keys stay those of earlier versions
             parts.append(("precision", prec))
         key = hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
@@ -379,7 +413,7 @@ class FeatureSource:
     """
 
     def __init__(self, path: str | os.PathLike, data: str | None = None, *, key_map=(),
-                 **extract_kw):
+                 options: dict | None = None, **extract_kw):
         self.path = str(path)
         self.name = Path(path).name
         raw = safe_torch_load(path, "checkpoint or feature file")
@@ -391,7 +425,7 @@ class FeatureSource:
         else:
             from repdiag.checkpoint import checkpoint_from_dict
 
-            self.checkpoint = checkpoint_from_dict(raw, self.path, tuple(key_map))
+            self.checkpoint = checkpoint_from_dict(raw, self.path, tuple(key_map), options)
         self.data = data
         self.extract_kw = extract_kw
         self._dataset = None

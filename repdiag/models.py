@@ -4,9 +4,14 @@ Both sides rebuild a model from a checkpoint, so the definitions live here.
 
 Backbones are torchvision ResNets with the classifier removed (``fc`` is an
 identity, so the module maps images to the pooled features h of paper G §2),
-an optional CIFAR stem (3x3 stride-1 ``conv1``, no max-pool) and a width
-multiplier for narrow CPU-sized networks. Parameter names match torchvision's,
-so plain torchvision state dicts load into them.
+a stem (:data:`STEMS`: ImageNet's 7x7 stride-2 ``conv1`` and max-pool, or a CIFAR
+3x3 stride-1 ``conv1`` without max-pool, padded by 1 as in leftthomas/SimCLR and
+lightly, or by 2 as in solo-learn) and a width multiplier for narrow CPU-sized
+networks. Parameter names match torchvision's, so plain torchvision state dicts
+load into them. For checkpoints of other libraries there are also solo-learn's
+WideResNet (``wide_resnet``), timm's VisionTransformer (``vit``, h = the CLS token
+after the final norm, as timm and solo-learn compute it) and any timm model
+(``timm:NAME``, h = its pooled feature, ``num_classes=0``).
 
 Heads are built from a small declarative :class:`HeadSpec` rather than a class
 per variant. Every head can report the linear map the null-space analysis of
@@ -32,18 +37,40 @@ BACKBONES = {
     "resnet50": (tv_resnet.Bottleneck, (3, 4, 6, 3)),
 }
 HEAD_KINDS = ("none", "linear", "mlp", "directclr", "ae", "sequential")
+ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
+               "gelu": nn.GELU}
 #: layer types of a ``sequential`` head (foreign projectors, layer by layer)
-SEQUENTIAL_LAYERS = ("linear", "bn", *("relu", "silu", "sigmoid", "tanh"))
-ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+SEQUENTIAL_LAYERS = ("linear", "bn", *ACTIVATIONS)
+#: ResNet stems: conv1's padding cannot be read from its weights (same shape), so it is
+#: part of the spec. ``cifar-pad1``: 3x3 stride 1 padding 1, no max-pool (repdiag,
+#: leftthomas/SimCLR, lightly's ResNetGenerator); ``cifar-pad2``: the same with padding 2
+#: (solo-learn, ``solo/methods/base.py``); ``imagenet``: torchvision's 7x7 stride 2 + max-pool.
+STEMS = ("cifar-pad1", "cifar-pad2", "imagenet")
+#: backbones other than the ResNets (``timm:NAME`` is any timm model as well)
+OTHER_BACKBONES = ("wide_resnet", "vit")
 
 
 @dataclass
 class BackboneSpec:
-    """What is needed to rebuild a backbone: name, width multiplier, stem."""
+    """What is needed to rebuild a backbone: name, width multiplier, stem, and for the
+    non-ResNet backbones their constructor's keyword arguments.
+
+    ``stem`` defaults from ``cifar_stem`` (checkpoints written before stems were
+    recorded: True reads as ``cifar-pad1``, the only CIFAR stem repdiag builds).
+    """
 
     name: str = "resnet18"
     width: float = 1.0
     cifar_stem: bool = True
+    stem: str = ""
+    kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.stem:
+            self.stem = "cifar-pad1" if self.cifar_stem else "imagenet"
+        if self.stem not in STEMS:
+            raise UserError(f"unknown stem '{self.stem}'; known: {', '.join(STEMS)}")
+        self.cifar_stem = self.stem != "imagenet"
 
 
 class _ResNet(tv_resnet.ResNet):
@@ -75,17 +102,46 @@ class _ResNet(tv_resnet.ResNet):
 
 
 def build_backbone(spec: BackboneSpec) -> nn.Module:
-    """Build a ResNet feature extractor images -> h (N, m); ``.feature_dim`` is m."""
+    """Build a feature extractor images -> h (N, m); ``.feature_dim`` is m."""
+    if spec.name == "wide_resnet":
+        from repdiag.wide_resnet import WideResNet
+
+        return WideResNet(**spec.kwargs)
+    if spec.name == "vit" or spec.name.startswith("timm:"):
+        return _timm_backbone(spec)
     if spec.name not in BACKBONES:
-        raise UserError(f"unknown backbone '{spec.name}'; known: {', '.join(BACKBONES)}")
+        raise UserError(f"unknown backbone '{spec.name}'; known: "
+                        f"{', '.join((*BACKBONES, *OTHER_BACKBONES))}, timm:NAME")
     if not spec.width > 0:
         raise UserError(f"backbone width must be positive, got {spec.width}")
     block, layers = BACKBONES[spec.name]
     net = _ResNet(block, layers, spec.width)
     if spec.cifar_stem:
-        net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, stride=1, padding=1, bias=False)
+        pad = 2 if spec.stem == "cifar-pad2" else 1
+        net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, stride=1, padding=pad, bias=False)
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
         net.maxpool = nn.Identity()
+    return net
+
+
+def _timm_backbone(spec: BackboneSpec) -> nn.Module:
+    """timm's VisionTransformer (``vit``, built from ``spec.kwargs``) or any timm model
+    (``timm:NAME``), without classifier: forward gives the pooled feature h."""
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    try:
+        if spec.name == "vit":
+            net = VisionTransformer(num_classes=0, **spec.kwargs)
+        else:
+            net = timm.create_model(spec.name[len("timm:"):], pretrained=False, num_classes=0,
+                                    **spec.kwargs)
+    except (RuntimeError, TypeError, ValueError, AssertionError) as e:
+        raise UserError(f"cannot build backbone {spec.name} {spec.kwargs}: "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    # the width of forward()'s output: timm's head_hidden_size where a pre-logits layer
+    # follows the pooling (e.g. MobileNetV3), else num_features
+    net.feature_dim = int(getattr(net, "head_hidden_size", None) or net.num_features)
     return net
 
 

@@ -39,7 +39,26 @@ def test_cifar_stem_keeps_resolution():
     assert isinstance(stem.maxpool, torch.nn.Identity)
 
 
-@pytest.mark.parametrize("act", ["relu", "silu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("stem,pad,size", [("cifar-pad1", 1, 16), ("cifar-pad2", 2, 18)])
+def test_cifar_stem_padding_is_recorded_and_built(stem, pad, size):
+    """conv1's padding is not in its weights: the spec carries it, and it changes h."""
+    net = build_backbone(BackboneSpec("resnet18", 0.25, stem=stem))
+    assert net.conv1.padding == (pad, pad)
+    assert net.conv1(torch.rand(1, 3, 16, 16)).shape[-1] == size  # (16 + 2 pad - 3) + 1
+
+
+def test_specs_without_a_stem_read_as_before():
+    """Checkpoints written before stems were recorded hold only cifar_stem."""
+    import dataclasses
+
+    assert BackboneSpec(**{"name": "resnet18", "width": 1.0, "cifar_stem": True}).stem == "cifar-pad1"
+    assert BackboneSpec("resnet18", 1.0, False).stem == "imagenet"
+    assert dataclasses.asdict(BackboneSpec("resnet18", 0.5, True))["stem"] == "cifar-pad1"
+    with pytest.raises(UserError, match="unknown stem 'cifar-pad3'"):
+        BackboneSpec(stem="cifar-pad3")
+
+
+@pytest.mark.parametrize("act", ["relu", "silu", "sigmoid", "tanh", "gelu"])
 def test_mlp_head_shapes_and_first_layer_is_linear_map(act):
     head = build_head(HeadSpec("mlp", in_dim=32, hidden_dim=16, out_dim=8, activation=act))
     z = head.eval()(torch.randn(4, 32))
@@ -78,7 +97,7 @@ def test_glorot_init_bounds():
 
 @pytest.mark.parametrize("bad,msg", [
     (dict(kind="conv"), "unknown head kind 'conv'"),
-    (dict(activation="gelu"), "unknown activation 'gelu'"),
+    (dict(activation="swish"), "unknown activation 'swish'"),
     (dict(kind="directclr", d0=4096), "head.d0=4096"),
 ])
 def test_bad_head_specs_are_user_errors(bad, msg):
