@@ -47,9 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
         add_train_ae_parser(sub)
         add_sweep_parser(sub)
-    from repdiag.commands import add_diagnostic_parsers
+    from repdiag.commands import add_diagnostic_parsers, add_layers_parser
 
     add_diagnostic_parsers(sub)
+    add_layers_parser(sub)
     return parser
 
 

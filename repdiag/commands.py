@@ -368,3 +368,65 @@ def run_report(args: argparse.Namespace) -> int:
     else:
         print(f"wrote {written['html']} and {written['markdown']} ({written['figures']} figures)")
     return 0
+
+
+def add_layers_parser(sub) -> None:
+    """Register ``repdiag layers``: rank, RankMe and probes after every layer of the head."""
+    help_text = ("every layer of the head: dimension, rank, RankMe, kNN (and linear) accuracy "
+                 "of h, each layer's output and z, and each Linear's input energy in its range")
+    p = sub.add_parser("layers", help=help_text, description=help_text)
+    p.add_argument("inputs", nargs="+", metavar="CKPT",
+                   help="repdiag/solo-learn/lightly checkpoints or run folders")
+    p.add_argument("--map", dest="key_map", action="append", default=[], metavar="PREFIX=ROLE",
+                   help="read a foreign checkpoint's keys under PREFIX as the backbone, the head "
+                        "or ignore them")
+    p.add_argument("--checkpoint", choices=("best", "last"),
+                   help="for a run folder: best.pt or last.pt (default: the run's own select)")
+    p.add_argument("--data", help="dataset name (default: the one in the checkpoint)")
+    p.add_argument("--data-root", help="folder holding the dataset")
+    p.add_argument("--limit", type=int, help="cap each split at this many images")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (feature extraction)")
+    p.add_argument("--normalize", default="auto", choices=("auto", "none", "imagenet"),
+                   help="input normalisation for extraction (auto: from the checkpoint)")
+    p.add_argument("--no-cache", action="store_true", help="do not read/write the feature cache")
+    p.add_argument("--probe", default="knn", choices=("knn", "linear"),
+                   help="knn (default) or linear: the linear probe (preset fast) besides kNN")
+    p.add_argument("--preset", help="kNN protocol preset: g (default), lightly, solo, solo-cosine")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--out", metavar="DIR", help="write the figure layers.png/.pdf into DIR")
+    p.set_defaults(func=run_layers)
+
+
+def run_layers(args: argparse.Namespace) -> int:
+    from repdiag.layers import layers_report
+
+    if args.preset is not None:
+        from repdiag.diagnostics.knn import _resolve
+
+        _resolve(args.preset, None, None, None)
+    out = _out_dir(args)
+    sources = _sources(args)
+    labels = _labels(sources)
+    probes = ("knn", "linear") if args.probe == "linear" else ("knn",)
+    reports = [layers_report(s, probes=probes, preset=args.preset, seed=args.seed)
+               for s in sources]
+    rows = []
+    for lab, rep in zip(labels, reports, strict=True):
+        for st in rep["stages"]:
+            row = {"model": lab, "stage": st["stage"], "dim": st["dim"], "rank": st["rank"],
+                   "RankMe": f"{st['rankme']:.1f}"}
+            row.update({f"{p} acc (%)": _fmt_pct(st[p]) for p in probes})
+            energy = st.get("input_energy_range")
+            row["input in range (%)"] = "" if energy is None else _fmt_pct(energy)
+            rows.append(row)
+    if out is not None:
+        from repdiag.plots import layers_figure, save_figure
+
+        save_figure(layers_figure({lab: rep["stages"] for lab, rep in zip(labels, reports,
+                                                                            strict=True)}),
+                    out / "layers")
+    _emit(args, reports, labels, pd.DataFrame(rows),
+          header=[f"test split: rank and RankMe of each stage; probes train on the train split "
+                  f"({reports[0]['n_train']}) and score the test split ({reports[0]['n_test']})"])
+    return 0
