@@ -155,6 +155,39 @@ def layers_figure(stages: Mapping[str, Sequence[Mapping]], title: str = "") -> p
     return fig
 
 
+def monitor_figure(lines: Mapping[str, Sequence[Mapping]], title: str = "") -> plt.Figure:
+    """Training-time curves of :class:`repdiag.monitor.HeadMonitor` lines, one colour per run.
+
+    Left: kNN accuracy on h (solid), h_r (dash-dot), h_n (dotted), z (dashed);
+    middle: RankMe of H (solid) and Z (dashed); right: the rank deficit
+    rank(H) − rank(Z) (paper G eq. 3). Undefined values (None) leave gaps.
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+
+    def col(rows, key, scale=1.0):
+        return [np.nan if r.get(key) is None else scale * r[key] for r in rows]
+
+    for i, (label, rows) in enumerate(lines.items()):
+        c = f"C{i % 10}"
+        ep = [r["epoch"] for r in rows]
+        for key, style in (("knn_h", "-"), ("knn_h_r", "-."), ("knn_h_n", ":"), ("knn_z", "--")):
+            if any(r.get(key) is not None for r in rows):
+                axes[0].plot(ep, col(rows, key, 100), style, marker="o", color=c,
+                             label=f"{label} {key[4:]}")
+        axes[1].plot(ep, col(rows, "rankme_h"), "-", marker="o", color=c, label=f"{label} H")
+        axes[1].plot(ep, col(rows, "rankme_z"), "--", marker="s", color=c, label=f"{label} Z")
+        axes[2].plot(ep, col(rows, "rank_deficit"), "-", marker="o", color=c, label=label)
+    for ax, ylabel in zip(axes, ("kNN accuracy (%)", "RankMe", "rank deficit"), strict=True):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.legend(fontsize=7)
+    fig.suptitle(title or "the head during training")
+    fig.tight_layout()
+    return fig
+
+
 def tsne_figure(embedding: np.ndarray, labels: np.ndarray | None = None,
                 classes: Sequence[str] | None = None, title: str = "") -> plt.Figure:
     """2-D t-SNE scatter coloured by class (paper G Fig. 1 style)."""
