@@ -222,8 +222,11 @@ class HeadMonitor:
 
     def features(self) -> tuple[FeatureSet, FeatureSet]:
         """Bank and query FeatureSets (h, z, y and the head's first linear map) of the model now."""
-        lin = first_linear(self.head)
-        weight = None if lin is None else lin.weight.detach().float().cpu().clone()
+        if hasattr(self.head, "linear_map"):  # repdiag's heads: also DirectCLR's selection
+            weight = self.head.linear_map()[0].detach().float().cpu().clone()
+        else:
+            lin = first_linear(self.head)
+            weight = None if lin is None else lin.weight.detach().float().cpu().clone()
         out = []
         for x, y, split in ((self.bank_x, self.bank_y, "train"), (self.query_x, self.query_y, "test")):
             h, z = embed(self.backbone, self.head, x, batch_size=self.batch_size)

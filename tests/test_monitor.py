@@ -105,3 +105,18 @@ def test_bad_input_is_one_line_error(tmp_path):
         HeadMonitor(backbone, head, good, (torch.rand(0, 12), torch.zeros(0, dtype=torch.long)))
     with pytest.raises(UserError, match="must be \\(images, labels\\) tensors"):
         HeadMonitor(backbone, head, good, 3)
+
+
+def test_directclr_head_splits_h_by_its_coordinate_selection():
+    from repdiag.models import Head, HeadSpec
+
+    backbone, _ = _model()
+    head = Head(HeadSpec("directclr", in_dim=10, d0=4))  # z = h[:, :4]: no nn.Linear at all
+    bank, queries = _data(60, 1), _data(40, 2)
+    line = HeadMonitor(backbone, head, bank, queries).step(0)
+    backbone.eval()
+    with torch.no_grad():
+        h = backbone(queries[0]).double()
+    assert line["energy_range"] == pytest.approx(float(h[:, :4].square().sum() / h.square().sum()),
+                                                 rel=1e-6)
+    assert line["rank_z"] == 4 and line["rank_deficit"] == 6 and line["knn_h_n"] is not None
