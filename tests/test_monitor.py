@@ -120,3 +120,32 @@ def test_directclr_head_splits_h_by_its_coordinate_selection():
     assert line["energy_range"] == pytest.approx(float(h[:, :4].square().sum() / h.square().sum()),
                                                  rel=1e-6)
     assert line["rank_z"] == 4 and line["rank_deficit"] == 6 and line["knn_h_n"] is not None
+
+
+def _ddp_worker(rank, world_size, root):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{root}/rendezvous", rank=rank,
+                            world_size=world_size)
+    try:
+        backbone, head = _model()
+        data = _data(30, 1)
+        line = HeadMonitor(backbone, head, data, data).step(0)
+        dist.barrier()  # rank 1 returned at once and waits here for rank 0
+        torch.save(line, f"{root}/line{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_torch_distributed_only_rank_zero_measures(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    line0 = torch.load(tmp_path / "line0.pt")
+    assert torch.load(tmp_path / "line1.pt") == {}
+    backbone, head = _model()
+    data = _data(30, 1)
+    single = HeadMonitor(backbone, head, data, data).step(0)  # the same as one process alone
+    assert {k: v for k, v in line0.items() if k != "seconds"} == \
+        {k: v for k, v in single.items() if k != "seconds"}
