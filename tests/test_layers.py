@@ -176,3 +176,20 @@ def test_cli_layers_json_figure_and_refusals(tmp_path, capsys):
     assert err.count("\n") == 0 and "layers needs a checkpoint" in err
     assert main(["layers", str(path), "--preset", "nope"]) == 2
     assert "unknown kNN preset 'nope'" in capsys.readouterr().err
+
+
+def test_layers_figure_draws_each_model_against_depth():
+    from repdiag.plots import layers_figure
+
+    def rows(n, linear):
+        return [{"depth": d, "stage": f"{d} linear", "layer": "input" if d == 0 else "linear",
+                 "rank": 10 - d, "rankme": 5.0 - d, "knn": 0.9 - 0.1 * d,
+                 **({"linear": 0.8} if linear else {})} for d in range(n)]
+
+    fig = layers_figure({"mlp": rows(4, True), "linear": rows(2, False)})
+    acc_ax, rank_ax = fig.axes
+    # kNN for both, the linear probe for the one that has it; rank and RankMe for both
+    assert [ln.get_label() for ln in acc_ax.lines] == ["mlp (knn)", "mlp (linear)", "linear (knn)"]
+    assert len(rank_ax.lines) == 4
+    np.testing.assert_allclose(acc_ax.lines[0].get_ydata(), [90, 80, 70, 60])
+    assert [t.get_text() for t in acc_ax.get_xticklabels()] == ["h", "linear", "linear", "linear = z"]
