@@ -113,6 +113,13 @@ class HeadDiagnostics(L.Callback):
         backbone = find_module(pl_module, self.backbone_attrs, "backbone")
         head = find_module(pl_module, self.head_attrs, "projection head")
         self._modules = (backbone, head)
+        if self.bank is None:
+            from lightning.pytorch.utilities.model_helpers import is_overridden
+
+            if not is_overridden("validation_step", pl_module):
+                raise UserError(f"HeadDiagnostics was given no bank and queries, and "
+                                f"{type(pl_module).__name__} has no validation_step to take them "
+                                "from: pass bank=(images, labels) and queries=(images, labels)")
         if trainer.global_rank == 0 and self.bank is not None:
             self.monitor = HeadMonitor(backbone, head, self.bank, self.queries, every=1, **self.kw)
 
@@ -136,7 +143,8 @@ class HeadDiagnostics(L.Callback):
         return (x[:half], y[:half]), (x[half:], y[half:])
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = trainer.current_epoch + 1  # epochs completed
+        """Measure (when due) and log; a line's ``epoch`` counts the epochs completed."""
+        epoch = trainer.current_epoch + 1
         last = trainer.max_epochs is not None and trainer.max_epochs > 0 \
             and epoch >= trainer.max_epochs
         if trainer.global_rank != 0 or not (epoch % self.every == 0 or last or trainer.should_stop):

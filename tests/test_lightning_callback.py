@@ -182,9 +182,17 @@ def test_module_without_backbone_is_one_line_error():
             super().__init__()
             self.net = nn.Linear(4, 2)
 
+    class _Plain(Plain):
+        def __init__(self):
+            super().__init__()
+            self.backbone, self.projector = nn.Identity(), nn.Linear(4, 2)
+
     cb = HeadDiagnostics((torch.rand(4, 4), torch.zeros(4, dtype=torch.long)),
                          (torch.rand(4, 4), torch.zeros(4, dtype=torch.long)))
     with pytest.raises(UserError, match="Plain has no backbone under any of backbone, .*net"):
         cb.setup(None, Plain(), "fit")
+    with pytest.raises(UserError, match="given no bank and queries, and _Plain has no "
+                                        "validation_step"):
+        HeadDiagnostics().setup(None, _Plain(), "fit")
     with pytest.raises(UserError, match="both bank and queries, or neither"):
         HeadDiagnostics(bank=(torch.rand(4, 4), torch.zeros(4)))
