@@ -213,11 +213,14 @@ def run_config(ctx: Context, paper: str, name: str, overrides: list[str], seed: 
     return load_config(preset, list(base) + list(overrides) + extra)
 
 
-def ensure_run(ctx: Context, paper: str, name: str, overrides: list[str], seed: int) -> Path:
+def ensure_run(ctx: Context, paper: str, name: str, overrides: list[str], seed: int,
+               epoch_hooks=()) -> Path:
     """The folder of a finished run: trained now, resumed, or reused as it is.
 
     A folder that holds a run with another configuration is refused (one line),
-    never overwritten.
+    never overwritten. ``epoch_hooks``: factories ``make(run_folder)`` returning a
+    ``hook(trainer, epoch)`` that the trainer calls at epoch 0 and after each epoch,
+    for a run trained or resumed now.
     """
     from train.sweep import _config_difference, _stored_epoch_and_config
     from train.trainer import Trainer
@@ -238,7 +241,8 @@ def ensure_run(ctx: Context, paper: str, name: str, overrides: list[str], seed: 
     what = f"resuming at epoch {state[0]}" if state is not None else "training"
     log(f"{paper}/{name} seed {seed}: {what} ({cfg.epochs} epochs) -> {folder}")
     t0 = time.time()
-    Trainer(cfg, folder, quiet=ctx.quiet, resume=state is not None).run()
+    Trainer(cfg, folder, quiet=ctx.quiet, resume=state is not None,
+            epoch_hooks=[hook(folder) for hook in epoch_hooks]).run()
     log(f"{paper}/{name} seed {seed}: trained in {time.time() - t0:.0f} s")
     # the trainer writes the d0 / ae_checkpoint it used back into the config: record that
     ctx.configs[f"{paper}/{name}-s{seed}"] = _stored_epoch_and_config(folder)[1]
@@ -443,9 +447,14 @@ def pm(values: list[float], scale: float = 100.0) -> str:
 G_HEADS = {"none": "no projection head", "linear": "linear head", "mlp": "non-linear (MLP) head"}
 
 
-def g_head_runs(ctx: Context, seeds: tuple[int, ...] | None = None) -> dict[str, list[Path]]:
-    """The none / linear / MLP runs of paper G Figs. 1-4 (shared by the four scripts)."""
-    return {kind: [ensure_run(ctx, "g", kind, g_head(ctx, kind), seed)
+def g_head_runs(ctx: Context, seeds: tuple[int, ...] | None = None,
+                epoch_hooks=()) -> dict[str, list[Path]]:
+    """The none / linear / MLP runs of paper G Figs. 1-4 (shared by the four scripts).
+
+    ``epoch_hooks``: factories ``make(run_folder) -> hook(trainer, epoch)`` for the
+    runs trained now (see :func:`ensure_run`).
+    """
+    return {kind: [ensure_run(ctx, "g", kind, g_head(ctx, kind), seed, epoch_hooks)
                    for seed in (seeds if seeds is not None else ctx.seeds)]
             for kind in G_HEADS}
 

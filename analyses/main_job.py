@@ -2,7 +2,9 @@
 table, compare with the untrained backbone, and write the report page.
 
 Per head (seed 0, the runs G Figs. 1-4 share): rank h, rank z, the deficit, and kNN
-(k = 200) and linear probes on h, h_r, h_n and z of the test split. On a machine
+(k = 200) and linear probes on h, h_r, h_n and z of the test split; where in the MLP
+head kNN accuracy is lost (``repdiag.layers``), and, from a ``repdiag.HeadMonitor``
+that watches every run while it trains, the training-time curves. On a machine
 with a GPU it runs at ``gpu`` scale by itself, else at ``cpu`` scale. Finished
 runs and evaluations are reused, a stopped run resumed.
 
@@ -11,6 +13,7 @@ runs and evaluations are reused, a stopped run resumed.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -18,6 +21,59 @@ import common
 import torch
 
 FEATURES = ("h", "h_r", "h_n", "z")
+MONITOR_FILE = "head_monitor.jsonl"
+MONITOR_BANK, MONITOR_QUERIES = 2000, 1000
+
+
+def monitor_sets(data, mean, std, seed: int):
+    """The monitor's fixed kNN bank (training images) and queries (validation, else test)."""
+    from repdiag.augment import eval_transform
+    from train.monitor import fixed_subset
+
+    queries = data.val if len(data.val) > 0 else data.test
+    b = fixed_subset(len(data.train), MONITOR_BANK, seed + 11)
+    q = fixed_subset(len(queries), MONITOR_QUERIES, seed + 12)
+    return ((eval_transform(data.train.images[b], mean=mean, std=std), data.train.labels[b]),
+            (eval_transform(queries.images[q], mean=mean, std=std), queries.labels[q]))
+
+
+def monitor_hook(folder):
+    """A trainer epoch hook: HeadMonitor.step at epoch 0 and after every epoch, into
+    ``folder/head_monitor.jsonl`` (lines of epochs a resumed run redoes are dropped)."""
+    from repdiag.monitor import HeadMonitor, read_jsonl
+
+    path = folder / MONITOR_FILE
+    state = {}
+
+    def hook(trainer, epoch):
+        if "mon" not in state:
+            kept = [ln for ln in read_jsonl(path) if ln["epoch"] < epoch] if path.exists() else []
+            common.atomic_write(path, "".join(json.dumps(ln) + "\n" for ln in kept))
+            bank, queries = monitor_sets(trainer.data, *trainer.input_norm, trainer.cfg.seed)
+            state["mon"] = HeadMonitor(trainer.backbone, trainer.head, bank, queries, jsonl=path)
+        state["mon"].step(epoch)
+
+    return hook
+
+
+def monitor_lines(folder) -> list[dict]:
+    """The HeadMonitor lines of a run; for a run trained without the monitor, the same
+    monitor applied to its saved epoch checkpoints (the states it would have seen then)."""
+    from repdiag.checkpoint import load_checkpoint
+    from repdiag.features import _normalization, dataset_for
+    from repdiag.monitor import HeadMonitor, read_jsonl
+
+    path = folder / MONITOR_FILE
+    if path.exists():
+        return read_jsonl(path)
+    lines = []
+    for ck_path in sorted((folder / "checkpoints").glob("epoch_*.pt")):
+        ck = load_checkpoint(ck_path)
+        data = dataset_for(ck, limit=ck.config.get("data_limit"))
+        bank, queries = monitor_sets(data, *_normalization(ck, "auto"), ck.config.get("seed", 0))
+        mon = HeadMonitor(ck.build_backbone(), ck.build_head(), bank, queries)
+        lines.append({**mon.step(ck.epoch), "from_checkpoint": ck_path.name})
+    return lines
 
 
 def _pct(v) -> str:
@@ -59,7 +115,7 @@ def main() -> int:
     ctx.seeds = (0,)
     t0 = time.time()
     common.log(f"scale {ctx.scale.name}: {common.machine()}")
-    runs = {k: v[0] for k, v in common.g_head_runs(ctx).items()}
+    runs = {k: v[0] for k, v in common.g_head_runs(ctx, epoch_hooks=[monitor_hook]).items()}
     evals = {}
     for kind, folder in runs.items():
         common.log(f"evaluating {kind} (kNN and linear probes on h, h_r, h_n, z; ranks)")
@@ -84,6 +140,23 @@ def main() -> int:
     gain = 100 * (m["accuracy"]["knn"]["h"] - init["knn"]["h"])
     print(f"\nkNN(h) on the test split: trained (MLP head) {_pct(m['accuracy']['knn']['h'])} % vs "
           f"untrained {_pct(init['knn']['h'])} % ({gain:+.2f} pt)")
+    from repdiag.layers import layers_report
+
+    common.log("kNN accuracy and rank after every layer of the MLP head")
+    stages = layers_report(common.source(ctx, common.last(runs["mlp"])))["stages"]
+    print("\nThrough the MLP head (test split; kNN %, numerical rank, RankMe):")
+    print(render(["stage", "dim", "rank", "RankMe", "kNN"],
+                 [[st["stage"], str(st["dim"]), str(st["rank"]), f"{st['rankme']:.1f}",
+                   _pct(st["knn"])] for st in stages]))
+    drops = [(stages[i - 1]["knn"] - stages[i]["knn"], stages[i]["stage"])
+             for i in range(1, len(stages))]
+    worst = max(drops)
+    ends = f"h {_pct(stages[0]['knn'])} % -> z {_pct(stages[-1]['knn'])} %"
+    if worst[0] > 0:
+        print(f"The MLP head loses the most kNN accuracy at '{worst[1]}' "
+              f"({100 * worst[0]:.2f} pt; {ends}).")
+    else:
+        print(f"No layer of the MLP head loses kNN accuracy ({ends}).")
     if not args.no_report:
         from repdiag.report import build_report, write_report
 
@@ -91,7 +164,8 @@ def main() -> int:
         paths = [common.last(runs[k]) for k in runs] + [common.epoch0(runs["mlp"])]
         labels = [common.G_HEADS[k] for k in runs] + ["untrained backbone"]
         sources = [common.source(ctx, p) for p in paths]
-        reports = build_report(sources, labels, tsne_points=2000,
+        monitor = {common.G_HEADS[k]: monitor_lines(runs[k]) for k in runs}
+        reports = build_report(sources, labels, tsne_points=2000, monitor=monitor,
                                progress=lambda s: common.log(f"report: {s}"))
         out = ctx.runs / "report"
         written = write_report(reports, out, title=f"repdiag main job ({ctx.scale.name} scale)",

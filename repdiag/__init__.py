@@ -37,6 +37,7 @@ from repdiag.features import (
     load_features,
     save_features,
 )
+from repdiag.monitor import HeadMonitor
 from repdiag.plots import probe_figure, rank_figure, save_figure, spectrum_figure, tsne_figure
 
 __version__ = "0.1.0"
@@ -46,6 +47,7 @@ __all__ = [
     "FeatureBundle",
     "FeatureSet",
     "FeatureSource",
+    "HeadMonitor",
     "UserError",
     "cka",
     "extract",

@@ -38,6 +38,9 @@ def add_diagnostic_parsers(sub) -> None:
         "report": ("one self-contained HTML page (and a Markdown twin) with config, training "
                    "curves, spectra, ranks, null-space probes, CKA(h, z) and t-SNE maps",
                    run_report),
+        "layers": ("every layer of the head: dimension, rank, RankMe, kNN (and linear) accuracy "
+                   "of h, each layer's output and z, and each Linear's input energy in its range",
+                   None),
     }
     for name, (help_text, func) in specs.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -77,6 +80,12 @@ def add_diagnostic_parsers(sub) -> None:
         p.add_argument("--out", metavar="DIR", help="write figures (PNG and PDF) into DIR")
         if name in ("spectrum", "rank", "tsne"):
             p.add_argument("--split", default="test", help="train, val or test (default test)")
+        if name == "layers":
+            p.add_argument("--probe", default="knn", choices=("knn", "linear"),
+                           help="knn (default) or linear: the linear probe (preset fast) besides kNN")
+            p.add_argument("--preset", help="kNN protocol preset: g (default), lightly, solo, "
+                                            "solo-cosine")
+            p.add_argument("--seed", type=int, default=0)
         if name in ("probe", "nullspace", "report"):
             p.add_argument("--probe", default="knn", help="knn or linear (default knn)")
             p.add_argument("--preset", help="probe protocol preset: knn g|lightly|solo|solo-cosine, "
@@ -102,7 +111,7 @@ def add_diagnostic_parsers(sub) -> None:
             p.add_argument("--backend", choices=("auto", "opentsne", "torch"), default="auto",
                            help="t-SNE optimiser: openTSNE (Barnes-Hut/FFT) or exact-gradient torch "
                                 "(default auto: torch on cuda up to 20,000 points, else openTSNE)")
-        p.set_defaults(func=func)
+        p.set_defaults(func=func or run_layers)
 
 
 def _sources(args) -> list[FeatureSource]:
@@ -146,7 +155,9 @@ def check_options(args) -> None:
     if getattr(args, "out", None):
         check_out(args.out)
     parse_key_map(args.key_map)
-    if getattr(args, "probe", None) is not None:
+    if args.command == "layers":  # kNN always; --probe linear adds the fast linear probe
+        diagnose.check_probe_options("knn", args.preset)
+    elif getattr(args, "probe", None) is not None:
         diagnose.check_probe_options(args.probe, args.preset)
     seed = getattr(args, "seed", None)
     if seed is not None and not 0 <= seed <= MAX_SEED:
@@ -453,4 +464,35 @@ def run_report(args: argparse.Namespace) -> int:
         print(dumps(written))
     else:
         print(f"wrote {written['html']} and {written['markdown']} ({written['figures']} figures)")
+    return 0
+
+
+def run_layers(args: argparse.Namespace) -> int:
+    from repdiag.layers import layers_report
+
+    check_options(args)
+    out = _out_dir(args)
+    sources = _sources(args)
+    labels = _labels(sources)
+    probes = ("knn", "linear") if args.probe == "linear" else ("knn",)
+    reports = [layers_report(s, probes=probes, preset=args.preset, seed=args.seed)
+               for s in sources]
+    rows = []
+    for lab, rep in zip(labels, reports, strict=True):
+        for st in rep["stages"]:
+            row = {"model": lab, "stage": st["stage"], "dim": st["dim"], "rank": st["rank"],
+                   "RankMe": f"{st['rankme']:.1f}"}
+            row.update({f"{p} acc (%)": _fmt_pct(st[p]) for p in probes})
+            energy = st.get("input_energy_range")
+            row["input in range (%)"] = "" if energy is None else _fmt_pct(energy)
+            rows.append(row)
+    if out is not None:
+        from repdiag.plots import layers_figure, save_figure
+
+        fig = layers_figure({lab: rep["stages"] for lab, rep in zip(labels, reports, strict=True)})
+        with output_set(out) as tmp:
+            save_figure(fig, tmp / "layers")
+    _emit(args, reports, labels, pd.DataFrame(rows),
+          header=[f"test split: rank and RankMe of each stage; probes train on the train split "
+                  f"({reports[0]['n_train']}) and score the test split ({reports[0]['n_test']})"])
     return 0

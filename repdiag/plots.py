@@ -115,6 +115,79 @@ def probe_figure(accuracies: Mapping[str, Mapping[str, float]], probe: str = "kn
     return fig
 
 
+def layers_figure(stages: Mapping[str, Sequence[Mapping]], title: str = "") -> plt.Figure:
+    """Probe accuracy and rank against depth in the head, one line per model.
+
+    ``stages`` maps a model label to the stage dicts of
+    :func:`repdiag.layers.layer_report` (depth 0 is h, the last stage z):
+    left, kNN accuracy (solid) and linear-probe accuracy (dashed, when
+    measured); right, numerical rank (solid) and RankMe (dotted).
+    """
+    fig, (acc_ax, rank_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    longest: Sequence[Mapping] = ()
+    for i, (label, rows) in enumerate(stages.items()):
+        color = f"C{i % 10}"
+        depth = [r["depth"] for r in rows]
+        longest = rows if len(rows) > len(longest) else longest
+        for probe, style in (("knn", "-"), ("linear", "--")):
+            if any(probe in r for r in rows):
+                acc_ax.plot(depth, [100 * r[probe] if r.get(probe) is not None else np.nan
+                                    for r in rows], style, marker="o", color=color,
+                            label=f"{label} ({probe})")
+        rank_ax.plot(depth, [r["rank"] for r in rows], "-", marker="o", color=color,
+                     label=f"{label} rank")
+        rank_ax.plot(depth, [r["rankme"] for r in rows], ":", marker="s", color=color,
+                     label=f"{label} RankMe")
+    ticks = [r["depth"] for r in longest]
+    names = ["h" if r["depth"] == 0 else r["layer"] for r in longest]
+    if names:
+        names[-1] = "z" if len(names) == 1 else f"{names[-1]} = z"
+    for ax in (acc_ax, rank_ax):
+        ax.set_xticks(ticks, names, rotation=30, ha="right")
+        ax.set_xlabel("depth in the head (output of each layer)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    acc_ax.set_ylabel("test accuracy (%)")
+    rank_ax.set_ylabel("rank of the test features")
+    rank_ax.set_yscale("log")
+    fig.suptitle(title or "accuracy and rank through the head")
+    fig.tight_layout()
+    return fig
+
+
+def monitor_figure(lines: Mapping[str, Sequence[Mapping]], title: str = "") -> plt.Figure:
+    """Training-time curves of :class:`repdiag.monitor.HeadMonitor` lines, one colour per run.
+
+    Left: kNN accuracy on h (solid), h_r (dash-dot), h_n (dotted), z (dashed);
+    middle: RankMe of H (solid) and Z (dashed); right: the rank deficit
+    rank(H) − rank(Z) (paper G eq. 3). Undefined values (None) leave gaps.
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+
+    def col(rows, key, scale=1.0):
+        return [np.nan if r.get(key) is None else scale * r[key] for r in rows]
+
+    for i, (label, rows) in enumerate(lines.items()):
+        c = f"C{i % 10}"
+        ep = [r["epoch"] for r in rows]
+        for key, style in (("knn_h", "-"), ("knn_h_r", "-."), ("knn_h_n", ":"), ("knn_z", "--")):
+            if any(r.get(key) is not None for r in rows):
+                axes[0].plot(ep, col(rows, key, 100), style, marker="o", color=c,
+                             label=f"{label} {key[4:]}")
+        axes[1].plot(ep, col(rows, "rankme_h"), "-", marker="o", color=c, label=f"{label} H")
+        axes[1].plot(ep, col(rows, "rankme_z"), "--", marker="s", color=c, label=f"{label} Z")
+        axes[2].plot(ep, col(rows, "rank_deficit"), "-", marker="o", color=c, label=label)
+    for ax, ylabel in zip(axes, ("kNN accuracy (%)", "RankMe", "rank deficit"), strict=True):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.legend(fontsize=7)
+    fig.suptitle(title or "the head during training")
+    fig.tight_layout()
+    return fig
+
+
 def tsne_figure(embedding: np.ndarray, labels: np.ndarray | None = None,
                 classes: Sequence[str] | None = None, title: str = "") -> plt.Figure:
     """2-D t-SNE scatter coloured by class (paper G Fig. 1 style)."""

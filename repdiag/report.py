@@ -3,8 +3,10 @@
 :func:`build_report` computes, per model, what paper G §3 looks at: the run's
 config and training curves (``metrics.jsonl`` as stored in the checkpoint),
 the covariance spectra of H and Z, numerical and effective ranks and the rank
-deficit, the null-space probes on h, h_r, h_n and z, linear CKA(h, z) and
-t-SNE maps. :func:`write_report` renders it twice from the same figures: a
+deficit, the null-space probes on h, h_r, h_n and z, linear CKA(h, z),
+t-SNE maps, kNN accuracy and rank after every layer of the head
+(:mod:`repdiag.layers`) and, when given, the training-time curves a
+:class:`repdiag.monitor.HeadMonitor` wrote. :func:`write_report` renders it twice from the same figures: a
 self-contained HTML page (images embedded as data URIs, no network, no
 script) and a Markdown twin whose images are PNG files beside it.
 """
@@ -45,10 +47,12 @@ class ModelReport:
     probes: dict
     cka_hz: float | None
     tsne: dict = field(default_factory=dict)  # feature -> (embedding N x 2, labels N)
+    layers: list = field(default_factory=list)  # stage dicts of repdiag.layers.layer_report
+    monitor: list = field(default_factory=list)  # HeadMonitor lines (training-time curves)
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("label", "source", "config", "metrics", "rank",
-                                           "probes", "cka_hz")}
+                                           "probes", "cka_hz", "layers", "monitor")}
         d["spectrum"] = {k: v[:10] for k, v in self.spectrum.items()}  # the top of it
         return d
 
@@ -73,8 +77,14 @@ def _config_summary(src: FeatureSource) -> dict:
 
 def build_report(sources: list[FeatureSource], labels: list[str], *, probe: str = "knn",
                  preset: str | None = None, tsne_points: int = 2000, seed: int = 0,
-                 progress=None) -> list[ModelReport]:
-    """The diagnostics of each model (G §3): spectra, ranks, probes, CKA(h, z), t-SNE."""
+                 progress=None, layers: bool = True,
+                 monitor: dict[str, list[dict]] | None = None) -> list[ModelReport]:
+    """The diagnostics of each model (G §3): spectra, ranks, probes, CKA(h, z), t-SNE.
+
+    ``layers``: also kNN accuracy, rank and RankMe after every layer of the head
+    (checkpoints whose head has layers). ``monitor`` maps a label to the lines
+    a :class:`repdiag.monitor.HeadMonitor` logged during that model's training.
+    """
     if tsne_points < 0:
         raise UserError(f"--tsne-points must be >= 0 (0 skips the maps), got {tsne_points}")
     diagnose.check_probe_options(probe, preset)
@@ -110,10 +120,17 @@ def build_report(sources: list[FeatureSource], labels: list[str], *, probe: str 
                 x = test.h if feat == "h" else test.z
                 res = tsne(x[idx], test.y[idx], perplexity=perplexity, seed=seed)
                 maps[feat] = (res.embedding, res.labels)
+        stages = []
+        if layers and src.checkpoint is not None and src.checkpoint.head_spec.kind != "none":
+            from repdiag.layers import layers_report
+
+            step("kNN after every layer of the head")
+            stages = layers_report(src, preset=preset)["stages"]
         metrics = list(src.checkpoint.metrics) if src.checkpoint is not None else []
         reports.append(ModelReport(label=label, source=src.path, config=_config_summary(src),
                                    metrics=metrics, spectrum=spectrum, rank=rank, probes=probes,
-                                   cka_hz=cka_hz, tsne=maps))
+                                   cka_hz=cka_hz, tsne=maps, layers=stages,
+                                   monitor=list((monitor or {}).get(label, []))))
     return reports
 
 
@@ -137,6 +154,16 @@ def _figures(reports: list[ModelReport], class_names: list[str] | None) -> list[
     figs.append(("probes", f"{reports[0].probes['probe']} probe accuracy on h, h_r, h_n, z "
                  "(G Fig. 3-4; a missing bar is a feature set that is not defined)",
                  plots.probe_figure(accs, probe=reports[0].probes["probe"])))
+    stages = {r.label: r.layers for r in reports if len(r.layers) > 1}
+    if stages:
+        figs.append(("layers", "kNN accuracy, rank and RankMe of the test features after every "
+                     "layer of the head (depth 0 is h, the last point z)",
+                     plots.layers_figure(stages)))
+    lines = {r.label: r.monitor for r in reports if r.monitor}
+    if lines:
+        figs.append(("monitor", "During training (HeadMonitor on a fixed bank and query set): "
+                     "kNN on h, h_r, h_n, z, RankMe of H and Z, rank deficit",
+                     plots.monitor_figure(lines)))
     for i, r in enumerate(reports):
         for feat, (emb, lab) in r.tsne.items():
             figs.append((f"tsne_{i}_{feat}", f"{r.label}: t-SNE of {feat} (test split)",

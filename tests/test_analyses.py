@@ -31,6 +31,13 @@ def test_main_job_prints_g_table_and_reuses_runs(work):
     row = next(ln for ln in p.stdout.splitlines() if ln.startswith("linear head"))
     rank_h, rank_z, deficit = (int(v) for v in row.split()[2:5])  # "linear head" is 2 words
     assert rank_z <= 8 and deficit == rank_h - rank_z >= 56
+    # through the MLP head, layer by layer, and the monitor that watched each run train
+    assert "Through the MLP head" in p.stdout and "kNN accuracy" in p.stdout.split("Through")[1]
+    for kind in ("none", "linear", "mlp"):
+        lines = [json.loads(s) for s in open(work / "runs" / "smoke" / "g" / f"{kind}-s0"
+                                                  / "head_monitor.jsonl")]
+        assert [ln["epoch"] for ln in lines] == [0, 1]
+        assert all(0 <= ln["knn_h"] <= 1 and ln["rank_h"] >= ln["rank_z"] for ln in lines)
     again = run("main_job.py", "--no-report", tmp=work)
     assert again.returncode == 0 and again.stderr.count("done already") == 3
     assert again.stdout.split("main job done")[0] == p.stdout.split("main job done")[0]

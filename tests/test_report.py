@@ -39,8 +39,12 @@ def test_report_holds_g_diagnostics_and_a_markdown_twin(report_dir):
         assert f"<td>{d['rank']['h']['rank']}</td>" in page
         assert d["rank"]["z"]["dim"] == 8 and d["probes"]["head_rank"] == 8
         assert 0 <= d["cka_hz"] <= 1 and len(d["metrics"]) == (2 if d["label"] == "last.pt" else 0)
+        # the layer panel: h, then the linear head's output z, with z's rank and RankMe
+        assert [s["stage"] for s in d["layers"]] == ["h", "1 linear = z"]
+        assert d["layers"][-1]["rank"] == d["rank"]["z"]["rank"]
+        assert d["layers"][0]["knn"] == d["probes"]["accuracy"]["h"]
     images = re.findall(r"<img [^>]*src='([^']+)'", page)
-    assert len(images) == 1 + 2 + 1 + 1 + 4  # curves, 2 spectra, rank, probes, 4 t-SNE maps
+    assert len(images) == 1 + 2 + 1 + 1 + 1 + 4  # curves, 2 spectra, rank, probes, layers, 4 t-SNE
     assert all(src.startswith("data:image/png;base64,") for src in images)  # self-contained
     assert "http://" not in page and "https://" not in page and "<script" not in page
     linked = re.findall(r"\(report_files/([^)]+\.png)\)", md)
@@ -75,7 +79,7 @@ def test_report_loads_in_headless_chromium_with_every_image_decoded(report_dir, 
             pytest.skip("chromium could not be installed (REPDIAG_SKIP_BROWSER=1)")
         pytest.fail("Debian's chromium is needed: apt-get install chromium (scripts/test.sh does)")
     check, console = _chromium_check(report_dir / "report.html", tmp_path)
-    assert check == {"images": 9, "decoded": 9}
+    assert check == {"images": 10, "decoded": 10}
     assert "error" not in console.lower(), console
     # the check itself sees a broken image and a console error
     bad = tmp_path / "bad.html"
@@ -83,3 +87,26 @@ def test_report_loads_in_headless_chromium_with_every_image_decoded(report_dir, 
                    "<script>console.error('boom')</script></body></html>")
     check, console = _chromium_check(bad, tmp_path)
     assert check == {"images": 1, "decoded": 0} and "boom" in console
+
+
+def test_report_draws_the_monitor_curves(report_dir, tmp_path):
+    import torch
+
+    from repdiag.checkpoint import load_checkpoint
+    from repdiag.features import FeatureSource
+    from repdiag.monitor import HeadMonitor
+    from repdiag.report import build_report, write_report
+
+    last = report_dir.parent / "run" / "last.pt"
+    ck = load_checkpoint(last)
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(60, 3, 28, 28, generator=g), torch.arange(60) % 3)
+    mon = HeadMonitor(ck.build_backbone(), ck.build_head(), images, images)
+    lines = [mon.step(e) for e in (1, 2)]
+    reports = build_report([FeatureSource(last)], ["run"], tsne_points=0, layers=False,
+                           monitor={"run": lines})
+    written = write_report(reports, tmp_path / "page")
+    assert reports[0].monitor == lines and reports[0].layers == []
+    md = (tmp_path / "page" / "report.md").read_text()
+    assert "(report_files/monitor.png)" in md and "(report_files/layers.png)" not in md
+    assert written["figures"] == 1 + 1 + 1 + 1 + 1  # curves, spectrum, rank, probes, monitor

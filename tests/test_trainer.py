@@ -251,3 +251,22 @@ def test_without_validation_split_the_monitor_uses_test_and_says_so(tmp_path):
     assert "knn_test" in line and "knn_val" not in line and "val_loss" not in line
     assert "kNN(test, not used for selection)" in format_metrics(line)
     assert not (tmp_path / "best.pt").exists()
+
+
+def test_epoch_hooks_see_epoch_zero_and_each_checkpointed_state(tmp_path):
+    """hook(trainer, epoch) runs at epoch 0 and after each epoch, on the state last.pt holds;
+    a resumed run calls it only for the epochs it trains."""
+    seen = []
+
+    def hook(trainer, epoch):
+        ck = load_checkpoint(trainer.out / "last.pt") if epoch else None
+        same = ck is None or all(torch.equal(v, trainer.head.state_dict()[k])
+                                 for k, v in ck.head_state.items())
+        seen.append((epoch, same))
+
+    Trainer(tiny_config("epochs=1", "head.kind=linear"), tmp_path / "run", quiet=True,
+            epoch_hooks=[hook]).run()
+    assert seen == [(0, True), (1, True)]
+    cfg = tiny_config("epochs=2", "head.kind=linear")
+    Trainer(cfg, tmp_path / "run", quiet=True, resume=True, epoch_hooks=[hook]).run()
+    assert seen == [(0, True), (1, True), (2, True)]

@@ -129,8 +129,11 @@ class Trainer:
     """Trains one run of ``cfg`` into ``out_dir``; ``resume=True`` continues ``out_dir/last.pt``."""
 
     def __init__(self, cfg: TrainConfig, out_dir: str | os.PathLike, *, quiet: bool = False,
-                 resume: bool = False):
+                 resume: bool = False, epoch_hooks=()):
         self.cfg = cfg
+        # called as hook(trainer, epoch) on rank 0 at epoch 0 and after each epoch's checkpoint
+        # (e.g. a repdiag.HeadMonitor's step); they must leave the model and the RNG as they are
+        self.epoch_hooks = tuple(epoch_hooks)
         self.out = Path(out_dir)
         self.world, self.device = init_world(resolve_device(cfg.device))
         cfg.world_size = self.world.world_size
@@ -377,6 +380,8 @@ class Trainer:
             self._sync_head()
         if self.epoch == 0 and self.cfg.save_every:
             self._save(self.out / "checkpoints" / "epoch_000.pt")
+        if self.epoch == 0:
+            self._run_hooks()
         while self.epoch < self.cfg.epochs:
             head_before = head_vector(self.head)
             line = self._train_epoch(self.epoch + 1)
@@ -399,10 +404,16 @@ class Trainer:
             if best:
                 self._save(self.out / "best.pt")
             self._append_metrics(line)
+            self._run_hooks()
             if not self.quiet:
                 tqdm.write(format_metrics(line))
         self.world.barrier()  # no rank finishes before rank 0 has written the last checkpoint
         return self.metrics[-1] if self.metrics else {}
+
+    def _run_hooks(self) -> None:
+        if self.world.is_main:
+            for hook in self.epoch_hooks:
+                hook(self, self.epoch)
 
     def _epoch_loader(self, epoch: int):
         """Yield (view1, view2) batches for ``epoch`` from its own seeded generator.
