@@ -180,3 +180,22 @@ def test_s_tables_average_runs_and_spread_over_seeds():
     assert peak[("ae", "validation")]["test accuracy (%)"] == 70.0
     # within each seed: test-selected ae peaks 74 and 80 -> 77 ± sqrt(18)
     assert peak[("ae", "test (as S)")]["per seed: selected test (%)"] == f"77.00 ± {18 ** 0.5:.2f}"
+
+
+def test_g_fig4_has_the_bias_free_head_and_the_probe_control(work):
+    p = run("g_fig4_nullspace.py", "--seeds", "0", tmp=work)
+    assert p.returncode == 0, p.stderr
+    out = work / "figures" / "smoke"
+    import pandas as pd
+
+    table = pd.read_csv(out / "g_fig4_nullspace_table.csv")
+    assert "control h_r - z (pt), per seed" in table.columns
+    assert list(table["head"]) == ["linear head, no bias (G)"] * 2 + ["linear head, with bias (ours)"] * 2 + \
+        ["MLP head (ours)"] * 2
+    side = json.loads((out / "g_fig4_nullspace.json").read_text())
+    evs = side["evaluations"]
+    assert set(evs) == {"linear-nobias", "linear", "mlp"} and len(evs["linear-nobias"]) == 1
+    # the bias-free run's head really has no bias: h_r and z of the same run are probed
+    assert evs["linear-nobias"][0]["accuracy"]["linear"]["z"] is not None
+    runs = side["configs"]["runs"]
+    assert runs["g/linear-nobias-s0"]["head.bias"] is False
