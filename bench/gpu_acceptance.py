@@ -921,23 +921,22 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     from repdiag.errors import UserError
 
-    try:
-        check_machine(args, steps)
-    except UserError as e:
+    def refuse(e: UserError) -> int:  # one line, and nothing left of what this run created
         shutil.rmtree(out / "tmp", ignore_errors=True)
         if created:
             shutil.rmtree(out, ignore_errors=True)
         print(f"gpu_acceptance: {' '.join(str(e).split())}", file=sys.stderr)
         return UserError.exit_code
+
+    try:
+        check_machine(args, steps)
+    except UserError as e:
+        return refuse(e)
     acc = Acceptance(args, steps)
     try:
         acc.check_configs()
     except UserError as e:
-        shutil.rmtree(out / "tmp", ignore_errors=True)
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        print(f"gpu_acceptance: {' '.join(str(e).split())}", file=sys.stderr)
-        return UserError.exit_code
+        return refuse(e)
     print(f"gpu_acceptance: {len(steps)} steps on {acc.header['device_name']} ({args.device}), "
           f"torch {acc.header['torch']}, CUDA {acc.header['cuda']}, data {args.data}, "
           f"time limit {args.time_limit:.0f} s -> {out / 'acceptance.json'}", flush=True)
