@@ -78,7 +78,7 @@ def command_of(line: str) -> tuple[str, list[str]] | None:
                 return "repdiag", (["train", *rest] if tokens[i + 1] == "train" else rest)
             return None
         if PYTHON.match(head) and len(tokens) > 1 and re.fullmatch(
-                r"(analyses|bench)/\w+\.py", tokens[1]):
+                r"(analyses|bench|scripts)/\w+\.py", tokens[1]):
             return tokens[1], tokens[2:]
     return None
 
