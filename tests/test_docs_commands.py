@@ -2,7 +2,7 @@
 
 Every shell command in README.md, docs/*.md, figures/README.md and bench/README.md
 code blocks that runs ``repdiag``, ``python -m train`` (or ``torchrun ... -m train``),
-``python analyses/X.py`` or ``python bench/X.py`` is parsed, never run: its
+``python analyses/X.py``, ``python bench/X.py`` or ``python scripts/X.py`` is parsed, never run: its
 sub-command must exist and every ``--flag`` must be an option of that
 sub-command's own argparse parser (built in-process: repdiag's from
 :func:`repdiag.cli.build_parser`, a script's by calling its ``main`` with
