@@ -240,3 +240,35 @@ def test_every_file_named_in_the_readme_layout_exists():
     assert len(paths) > 20
     missing = [p for p in paths if not (ROOT / p).exists()]
     assert not missing, f"README layout names missing paths: {missing}"
+
+
+# --------------------------------------------------------------------------- flags named in prose
+INLINE = re.compile(r"`([^`\n]+)`")
+FLAG = re.compile(r"(?<![\w-])--[a-z][\w-]*")
+
+
+def inline_flags(text: str) -> list[str]:
+    """The ``--flags`` in inline code spans (not in code blocks) of a page."""
+    prose = FENCE.sub("", text)
+    return [f for span in INLINE.findall(prose) for f in FLAG.findall(span)]
+
+
+def known_flags(monkeypatch) -> set[str]:
+    """Every option of every repdiag sub-command and of the analysis scripts."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {f for p in sub.choices.values() for f in p._option_string_actions}
+    return flags | set(script_parser("analyses/main_job.py", monkeypatch)._option_string_actions)
+
+
+def test_flags_named_in_the_prose_exist(monkeypatch):
+    known = known_flags(monkeypatch)
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    unknown = {(str(p.relative_to(ROOT)), f) for p in pages
+               for f in inline_flags(p.read_text()) if f not in known}
+    assert not unknown, f"flags in the documentation that no command takes: {sorted(unknown)}"
+
+
+def test_the_prose_check_sees_a_made_up_flag(monkeypatch):
+    text = "Use `repdiag rank --json` or `--checkpoint best|last`, not `--made-up`.\n```\n--fenced\n```\n"
+    assert inline_flags(text) == ["--json", "--checkpoint", "--made-up"]
+    assert [f for f in inline_flags(text) if f not in known_flags(monkeypatch)] == ["--made-up"]
