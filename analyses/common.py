@@ -71,7 +71,7 @@ class Scale:
 # CPU scale: 28 px Fashion-MNIST, ResNet-18 at width 1/8 (m = 64), 3 epochs on 6,000 images:
 # about 40 s a run on 2 cores. G's heads keep hidden and output below m (MLP 64 -> 32 -> 32,
 # linear 64 -> 32), so every head's first layer has a null space. Adam 3e-3 and T = 0.2
-# (G: 1e-3, 0.5) because G's values barely move the backbone in so few steps (README).
+# (G: 1e-3, 0.5) because G's values barely move the backbone in so few steps (docs/reproducibility.md).
 CPU_COMMON = ("data=fashion-mnist", "backbone=resnet18", "width=0.125", "batch_size=256",
               "knn_every=0", "data_limit=6000", "epochs=3", "optim.lr=0.003", "temperature=0.2")
 GPU_COMMON = ("data=fashion-mnist", "data_limit=null", "epochs=10", "batch_size=256", "knn_every=1")

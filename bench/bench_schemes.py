@@ -1,7 +1,7 @@
 """Time one bilevel step (paper G eq. 8, l inner steps) against one joint step on CPU.
 
 Same model, same batch, alternating repetitions, median wall time of each; prints
-the ratio bilevel/joint (issue 4 target: <= 1.3 at l=5).
+the ratio bilevel/joint (target: <= 1.3 at l=5).
 
     .venv/bin/python bench/bench_schemes.py [--reps 7] [--batch 128] [--inner-steps 5]
 """

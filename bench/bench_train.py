@@ -1,6 +1,6 @@
 """Seconds per epoch of SimCLR training: our Trainer against a lightly-built loop and a ceiling.
 
-Issue 11. SimCLR with a ResNet (CIFAR stem: 3x3 stride-1 conv1, no max-pool),
+SimCLR with a ResNet (CIFAR stem: 3x3 stride-1 conv1, no max-pool),
 MLP head m -> 512 -> 128 (BN, ReLU), NT-Xent at T = 0.5, Adam lr 1e-3 (weight
 decay 1e-6), batch 512 pairs by default, on the same images and device:
 

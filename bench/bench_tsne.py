@@ -1,7 +1,7 @@
-"""Benchmark: repdiag's exact-gradient torch t-SNE against openTSNE on the same affinities (issue 11).
+"""Benchmark: repdiag's exact-gradient torch t-SNE against openTSNE on the same affinities.
 
 For each N: the first N Fashion-MNIST test images (PCA to 50 dimensions, as in
-the issue's prototype; generated Gaussian clusters with ``--data blobs`` or when
+an earlier prototype; generated Gaussian clusters with ``--data blobs`` or when
 the Debian package ``dataset-fashion-mnist`` is absent), openTSNE's perplexity-30
 affinities from exact neighbours built once, then
 

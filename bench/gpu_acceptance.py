@@ -108,7 +108,7 @@ NEEDS = {  # steps that read what another step made
     "tsne-10k": "extract",
 }
 INJECTABLE = ("loss", "knn", "rank", "extract", "tsne")
-# goals of the GPU issue, judged only on a CUDA device without --tiny
+# the GPU performance goals, judged only on a CUDA device without --tiny
 GOALS = {
     "ours_over_bf16_reference_r18": (">=", 0.85),
     "ours_over_bf16_reference_r50": (">=", 0.85),
@@ -362,7 +362,7 @@ class Acceptance:
         return doc
 
     def goals(self) -> dict:
-        """The GPU issue's goals against the figures measured (judged on CUDA, full size)."""
+        """The GPU performance goals against the figures measured (judged on CUDA, full size)."""
         fig = {r["name"]: r["figures"] for r in self.records}
         values = {
             "ours_over_bf16_reference_r18": fig.get("bench-train-r18", {}).get("ours_over_reference"),

@@ -2,7 +2,7 @@
 
 Each function takes a :class:`repdiag.features.FeatureSource` (a checkpoint or
 a feature file) and returns a plain dict, the JSON the CLI prints (schemas in
-the README). The maths lives in :mod:`repdiag.diagnostics`; this module only
+docs/protocols.md). The maths lives in :mod:`repdiag.diagnostics`; this module only
 chooses which features go where.
 """
 

@@ -160,7 +160,7 @@ def extract(checkpoint: str | os.PathLike | Checkpoint, data: str | None = None,
             split: str = "test", *, device: str | torch.device = "cpu", batch_size: int = 512,
             normalize: str = "auto", data_root: str | None = None, cache: bool = True,
             limit: int | None = None, dataset=None, precision: str = "fp32") -> FeatureSet:
-    """Backbone features h and head outputs z of one dataset split (DESIGN.md data flow).
+    """Backbone features h and head outputs z of one dataset split (checkpoint -> model -> features).
 
     ``data`` defaults to the dataset recorded in the checkpoint's config.
     ``dataset`` may pass an already loaded :class:`repdiag.data.Dataset` (or a

@@ -186,7 +186,7 @@ def _nesting_problem(n=2000, seed=0):
 
 
 def test_probe_on_h_n_is_a_restriction_of_the_probe_on_h_only_without_standardisation():
-    """Why a probe on h can lose to h_n (issue: fast preset, h 90.25 % < h_n 91.27 %).
+    """Why a probe on h can lose to h_n (seen with the fast preset: h 90.25 % < h_n 91.27 %).
 
     On raw features the h_n problem is the h problem with weights restricted to the
     null space (W_n h_n = W_n (I - QQᵀ) h), under the same L2 penalty: its optimal training

@@ -1,4 +1,4 @@
-"""The shipped presets against the papers' published settings, and the README's table of them."""
+"""The shipped presets against the papers' published settings, and the table of them in docs/training.md."""
 
 import re
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytest
 
 from train.config import load_config
 
-README = Path(__file__).parent.parent / "README.md"
+TRAINING_DOC = Path(__file__).parent.parent / "docs" / "training.md"
 
 #: paper S Table 1 (dataset, classes, resolution, batch size) per preset
 S_TABLE1 = {
@@ -60,8 +60,8 @@ def test_g_presets_train_on_the_whole_training_split_with_glorot_heads(preset):
         ("adam", 1e-3, 1e-6, 0.5)
 
 
-def test_readme_table_of_s_presets_matches_the_preset_files():
-    text = README.read_text()
+def test_docs_table_of_s_presets_matches_the_preset_files():
+    text = TRAINING_DOC.read_text()
     block = text[text.index("<!-- s-presets -->"):text.index("<!-- /s-presets -->")]
     rows = {}
     for line in block.splitlines():

@@ -1,4 +1,4 @@
-"""The exact-gradient torch t-SNE (issue 11): gradient, optimiser, KL against openTSNE, device errors."""
+"""The exact-gradient torch t-SNE: gradient, optimiser, KL against openTSNE, device errors."""
 
 import importlib
 import time

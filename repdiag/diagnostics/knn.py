@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from repdiag.diagnostics._common import ProbeResult, as_basis, as_labels, as_matrix, check_chunk
 from repdiag.errors import UserError
 
-#: Protocol presets of the peers (REFERENCES.md "Protocols of the peers").
+#: Protocol presets: paper G's and those of lightly and solo-learn (sources in KNN_PRESET_SOURCES).
 KNN_PRESETS: dict[str, dict[str, Any]] = {
     "g": {"k": 200, "temperature": 0.5, "distance": "cosine"},
     "lightly": {"k": 200, "temperature": 0.1, "distance": "cosine"},
@@ -28,8 +28,9 @@ KNN_PRESET_SOURCES: dict[str, str] = {
 }
 EUCLID_EPS = 1e-5
 _NORM_EPS = 1e-12
-_SIM_BUDGET = 2**26  # elements of one chunk x n_train score buffer (auto chunk size; GEMM efficiency
-#                      needs chunks of ~1000+ rows: 111 GFLOP/s at 335 rows, 156 at 1024 on 2 cores)
+#: elements of one chunk x n_train score buffer (auto chunk size): large enough for chunks of
+#: ~1000 rows, which the GEMM needs to run efficiently (timed by bench/bench_diagnostics.py)
+_SIM_BUDGET = 2**26
 
 
 def _resolve(preset, k, temperature, distance) -> dict[str, Any]:
