@@ -175,8 +175,13 @@ def test_only_regular_files_are_opened(tmp_path, capsys):
 
 # ----------------------------------------------------------------- full disks at each write
 def _snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    """What a reader of ``folder`` sees: each visible file's bytes, links followed."""
+    seen = {}
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        seen.update({str((Path(root) / f).relative_to(folder)): (Path(root) / f).read_bytes()
+                     for f in files if not f.startswith(".")})
+    return seen
 
 
 @contextlib.contextmanager
@@ -291,7 +296,6 @@ def test_a_report_killed_midway_leaves_no_trace_after_the_next_run(inputs, tmp_p
     stale = out / f".rep.repdiag-{dead}-abc.tmp"  # what a SIGKILL during a rewrite leaves
     (stale / "report_files").mkdir(parents=True)
     (stale / "report.md").write_text("half")
-    assert _snapshot(out) != old
     assert _run(capsys, argv)[0] == 0
     assert not stale.exists() and _snapshot(out) == old  # same inputs, same report
 
@@ -336,4 +340,23 @@ def test_a_new_report_replaces_the_old_set_and_keeps_other_files(inputs, tmp_pat
         "probes.png", "rank.png", "spectrum_0.png"]  # no map of the earlier report survives
     assert json.loads((out / "report.json").read_text())[0]["label"] == "feat.pt"
     assert sorted(p.name for p in out.iterdir()) == [
-        "notes.txt", "report.html", "report.json", "report.md", "report_files"]
+        ".repdiag-sets", "notes.txt", "report.html", "report.json", "report.md", "report_files"]
+
+
+@pytest.mark.parametrize("point", ["publish:adopt:report.json"])  # before report.json
+def test_a_report_killed_while_publishing_leaves_the_earlier_report_whole(inputs, tmp_path,
+                                                                          capsys, point):
+    out = tmp_path / "rep"
+    argv = ["report", inputs / "feat.pt", "--tsne-points", "0", "--out", out]
+    assert _run(capsys, [*argv, "--title", "earlier"])[0] == 0
+    old = _snapshot(out)
+    env = {**os.environ, "REPDIAG_FAULT_KILL": point,
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    p = subprocess.run([sys.executable, "-m", "repdiag", *map(str, argv), "--title", "later"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == -9, p.stderr  # a real SIGKILL at that point
+    assert _snapshot(out) == old  # every file of the earlier report, none of the later one
+    assert _run(capsys, [*argv, "--title", "later"])[0] == 0
+    new = _snapshot(out)
+    assert set(new) == set(old) and all(b"later" in new[f] for f in
+                                        ("report.html", "report.md"))
