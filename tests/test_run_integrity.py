@@ -439,3 +439,75 @@ def test_a_trainer_built_but_never_run_gives_the_folder_back(tmp_path, one_threa
     gc.collect()
     assert not (tmp_path / "run" / LOCK_NAME).exists()
     RunLock(tmp_path / "run").acquire().release()
+
+
+# ------------------------------------------------------------------ train-ae standalone
+AE_ARGV = ["train-ae", "--data", "synthetic", "--quiet", "--set", "epochs=2",
+           "--set", "data_limit=16", "--set", "latent=8"]
+
+
+def _ae_writes(monkeypatch, fail_at=None):
+    """Route train-ae's writes through the real atomic writer; the ``fail_at``-th (from 0)
+    writes half its bytes and then finds the disk full."""
+    import train.autoencoder as ae_mod
+
+    calls = []
+
+    def body(write):
+        def failing(f):
+            buf = io.BytesIO()
+            write(buf)
+            f.write(buf.getvalue()[: max(1, len(buf.getvalue()) // 2)])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return failing
+
+    def torch_save(obj, path):
+        calls.append(os.path.basename(path))
+        if len(calls) - 1 == fail_at:
+            return ckmod._atomic_write(path, body(lambda f: torch.save(obj, f)))
+        return ckmod.atomic_torch_save(obj, path)
+
+    def write_text(path, text):
+        calls.append(os.path.basename(path))
+        if len(calls) - 1 == fail_at:
+            return ckmod._atomic_write(path, body(lambda f: f.write(text.encode())))
+        return ckmod.atomic_write_text(path, text)
+
+    monkeypatch.setattr(ae_mod, "atomic_torch_save", torch_save)
+    monkeypatch.setattr(ae_mod, "atomic_write_text", write_text)
+    return calls
+
+
+def test_train_ae_a_full_disk_at_any_write_is_one_line_and_nothing_half_written(
+        tmp_path, monkeypatch, capsys, one_thread):
+    calls = _ae_writes(monkeypatch)
+    assert main([*AE_ARGV, "--out", str(tmp_path / "ok")]) == 0
+    capsys.readouterr()
+    writes = list(calls)
+    assert writes[:2] == ["config.yaml", "metrics.jsonl"] and writes.count("metrics.jsonl") == 3
+    for k, name in enumerate(writes):
+        out = tmp_path / f"new{k}" / "ae"
+        _ae_writes(monkeypatch, fail_at=k)
+        code, err = run_cli(capsys, [*AE_ARGV, "--out", str(out)])
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert f"cannot write {out / name}: No space left on device" in err
+        if "autoencoder.pt" not in writes[:k]:  # no autoencoder yet: nothing left at all
+            assert not (tmp_path / f"new{k}").exists(), k
+            continue
+        left = sorted(p.name for p in out.iterdir())
+        assert left == ["autoencoder.pt", "config.yaml", "metrics.jsonl"], (k, left)
+        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [m["epoch"] for m in lines] == list(range(1, len(lines) + 1))
+        raw = torch.load(out / "autoencoder.pt", weights_only=True)
+        assert raw["history"][:len(lines)] == lines  # whole lines, the checkpoint's own
+        if lines:  # the checkpoint is never behind the metrics' best epoch
+            assert min(lines, key=lambda m: m["val_loss"])["epoch"] <= raw["best_epoch"]
+
+
+def test_train_ae_refuses_a_second_writer_naming_the_holder(tmp_path, capsys, holder):
+    out = tmp_path / "ae"
+    other = holder(out)
+    code, err = run_cli(capsys, [*AE_ARGV, "--out", str(out)])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{out} is being written by another repdiag process (pid {other.pid})" in err
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing written
