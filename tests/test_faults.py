@@ -360,3 +360,33 @@ def test_a_report_killed_while_publishing_leaves_the_earlier_report_whole(inputs
     new = _snapshot(out)
     assert set(new) == set(old) and all(b"later" in new[f] for f in
                                         ("report.html", "report.md"))
+
+
+@pytest.mark.parametrize("name", ["ck.pt", "feat.pt"])
+@pytest.mark.parametrize("damaged", [False, True], ids=["intact", "flipped-byte"])
+def test_a_legacy_torch_file_is_refused_with_how_to_convert_it(inputs, tmp_path, capsys, name,
+                                                               damaged):
+    """torch's own legacy writer (no CRC): refused whole or damaged, never diagnosed; the
+    conversion the message gives makes a file that reads as the original does."""
+    legacy = tmp_path / f"legacy-{name}"
+    torch.save(torch.load(inputs / name, weights_only=True), legacy,
+               _use_new_zipfile_serialization=False)
+    raw = bytearray(legacy.read_bytes())
+    assert not raw.startswith(b"PK\x03\x04")
+    if damaged:  # a byte of the last tensor's data: the legacy format cannot notice
+        raw[-5] ^= 0x40
+        legacy.write_bytes(bytes(raw))
+    argv = ["rank", "--json", "--limit", "12"]
+    code, _, err = _run(capsys, [*argv, legacy])
+    _one_line_error(code, err, str(legacy), "legacy torch", "no integrity check",
+                    "torch.save(torch.load(sys.argv[1], weights_only=True), sys.argv[2])")
+    if damaged:
+        return
+    command = err.split("python -c ", 1)[1].rsplit(" OLD.pt NEW.pt", 1)[0]
+    converted = tmp_path / f"converted-{name}"
+    subprocess.run(["sh", "-c", f"{sys.executable} -c {command} {legacy} {converted}"],
+                   check=True)
+    assert converted.read_bytes().startswith(b"PK\x03\x04")
+    results = [_run(capsys, [*argv, p]) for p in (inputs / name, converted)]
+    assert results[0][0] == results[1][0] == 0
+    assert json.loads(results[0][1]) == json.loads(results[1][1])
