@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from repdiag.errors import UserError
+from repdiag.faults import fault_point
 from repdiag.importers import import_foreign
 from repdiag.inert_pickle import has_inert, load_inert, plain
 from repdiag.models import BackboneSpec, Head, HeadSpec, build_backbone, build_head
@@ -54,9 +55,11 @@ def _atomic_write(path: str | os.PathLike, write, binary: bool = True) -> None:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
+            fault_point(f"write:{path.name}:partial", lambda: os.truncate(tmp, f.tell() // 2))
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; files follow the umask
         os.replace(tmp, path)
+        fault_point(f"write:{path.name}:written")
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

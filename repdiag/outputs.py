@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from repdiag.errors import UserError
+from repdiag.faults import fault_point
 
 _TMP = re.compile(r"^\.(?P<name>.+)\.repdiag-(?P<pid>\d+)-[^.]+\.tmp$")
 
@@ -148,15 +149,6 @@ def _publish(tmp: Path, out: Path) -> None:
 
 
 SETS = ".repdiag-sets"
-
-
-def fault_point(name: str) -> None:
-    """Testing hook: when ``REPDIAG_FAULT_KILL`` equals ``name``, the process kills itself
-    (SIGKILL) at this point, as a power cut or the OOM killer would."""
-    if os.environ.get("REPDIAG_FAULT_KILL") == name:
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _set_key(names: list[str]) -> str:

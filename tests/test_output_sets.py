@@ -16,17 +16,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["report.html", "report.json", "report.md", "report_files"]
 
-WRITE_SET = """
-import sys
-from pathlib import Path
+# repdiag.outputs alone, without the package's torch imports: each writer starts at once
+WRITE_SET = f"""
+import sys, types
+pkg = types.ModuleType("repdiag")
+pkg.__path__ = [{str(ROOT / "repdiag")!r}]
+sys.modules["repdiag"] = pkg
 from repdiag.outputs import output_set
 out, tag = sys.argv[1], sys.argv[2]
 with output_set(out) as tmp:
     for name in ("report.html", "report.md", "report.json"):
-        (tmp / name).write_text(f"{name} of {tag}")
+        (tmp / name).write_text(name + " of " + tag)
     (tmp / "report_files").mkdir()
-    (tmp / "report_files" / f"map_{tag}.png").write_text(tag)
-    (tmp / "report_files" / "rank.png").write_text(f"rank of {tag}")
+    (tmp / "report_files" / ("map_" + tag + ".png")).write_text(tag)
+    (tmp / "report_files" / "rank.png").write_text("rank of " + tag)
 """
 
 

@@ -168,6 +168,39 @@ def test_a_run_killed_at_a_named_point_resumes_to_the_uninterrupted_result(
     assert_finished_like_reference(run, reference)
 
 
+# a real SIGKILL of a training process (repdiag.faults): (point, epochs in last.pt and
+# best.pt left by the kill); each epoch writes last.pt, best.pt, then metrics.jsonl
+SIGKILLS = [
+    ("write:last.pt:written#2", 2, 1),        # epoch 2's last.pt in place, best.pt behind
+    ("write:metrics.jsonl:partial#3", 2, 2),  # epoch 2's metrics line half written
+]
+
+
+@pytest.mark.parametrize("point,last_epoch,best_epoch_left", SIGKILLS,
+                         ids=[p for p, *_ in SIGKILLS])
+def test_a_training_process_killed_for_real_resumes_bit_exact(
+        tmp_path, capsys, one_thread, reference, point, last_epoch, best_epoch_left):
+    run = tmp_path / "run"
+    env = {**os.environ, "REPDIAG_FAULT_KILL": point, "PYTHONPATH": ROOT,
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "repdiag", *train_argv(run)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == -9, p.stderr  # killed by the signal, at that point
+    assert state(run / "last.pt")[0] == last_epoch
+    assert state(run / "best.pt")[0] == best_epoch_left
+    assert (run / LOCK_NAME).exists()  # left by the dead holder; the kernel dropped its lock
+    left = [x for x in run.iterdir() if x.name.endswith(".tmp")]
+    if "partial" in point:  # the half-written temporary file, and the old metrics whole
+        assert [x.name[:15] for x in left] == [".metrics.jsonl."]
+        assert [json.loads(x)["epoch"] for x in
+                (run / "metrics.jsonl").read_text().splitlines()] == [1]
+    else:
+        assert left == []
+    code, err = run_cli(capsys, ["train", "--resume", str(run), "--quiet"])
+    assert code == 0, err
+    assert_finished_like_reference(run, reference)
+
+
 def test_best_pt_behind_last_pt_is_repaired_even_with_nothing_left_to_train(
         tmp_path, monkeypatch, capsys, one_thread, reference):
     """Killed between last.pt and best.pt of the final epoch: a resume trains nothing, but
