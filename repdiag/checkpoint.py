@@ -405,6 +405,10 @@ def checkpoint_from_dict(raw: object, path: str, key_map: tuple = (),
                 if not isinstance(raw.get(key), dict):
                     raise TypeError(f"'{key}' ({type(raw.get(key)).__name__}, expected a "
                                     "state dict)")
+            for key in ("epoch", "step"):
+                value = raw.get(key, 0)
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise TypeError(f"'{key}' ({value!r}, expected a non-negative integer)")
             return Checkpoint(
                 path=path,
                 config=config,

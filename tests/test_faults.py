@@ -145,7 +145,9 @@ def test_the_intact_files_load(inputs):
     ({"format": "repdiag-checkpoint-v2"}, ["unknown checkpoint format 'repdiag-checkpoint-v2'",
                                            "'repdiag-checkpoint' up to version 1"]),
     ({"config": "a string"}, ["damaged repdiag checkpoint", "'config'"]),
-    ({"epoch": "abc"}, ["damaged repdiag checkpoint", "abc"]),
+    ({"epoch": "abc"}, ["damaged repdiag checkpoint", "'epoch' ('abc', expected a non-negative"]),
+    ({"epoch": -3}, ["'epoch' (-3, expected a non-negative integer)"]),
+    ({"step": 2.5}, ["'step' (2.5, expected a non-negative integer)"]),
     ({"metrics": "a string"}, ["damaged repdiag checkpoint", "'metrics'"]),
 ])
 def test_a_checkpoint_this_code_cannot_read_is_refused(inputs, tmp_path, capsys, change, pieces):

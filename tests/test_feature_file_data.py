@@ -146,3 +146,22 @@ def test_strict_json_replaces_every_non_finite_number():
     text = dumps({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf")}})
     assert json.loads(text) == {"a": None, "b": [1.0, None], "c": {"d": None}, "null_reasons": {
         "a": "not a number (NaN)", "b[1]": "+infinity (overflow)", "c.d": "-infinity (overflow)"}}
+
+
+def test_a_tsne_of_identical_points_is_refused_not_drawn_as_nan(tmp_path, capsys):
+    """openTSNE on constant features returns an all-NaN embedding (checked here with its own
+    code); repdiag refuses the map in one line and writes nothing."""
+    import openTSNE
+
+    h = torch.ones(40, 4)
+    y = torch.arange(40) % 3
+    with np.errstate(all="ignore"):
+        emb = np.asarray(openTSNE.TSNE(perplexity=5, n_iter=10, early_exaggeration_iter=10,
+                                       random_state=0).fit(h.double().numpy()))
+    assert np.isnan(emb).all()
+    path = _save(tmp_path / "f.pt", h, y)
+    out = tmp_path / "figs"
+    code = main(["tsne", str(path), "--perplexity", "5", "--out", str(out), "--json"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "all 40 points are identical" in err and not out.exists()
