@@ -9,7 +9,8 @@ dictionary look-up.
 Points: ``write:FILE:partial`` (an atomic write of ``FILE`` killed with its
 temporary file half written), ``write:FILE:written`` (killed right after ``FILE``
 was renamed into place), and the output-set points of :mod:`repdiag.outputs`
-(``publish:adopt:ENTRY``, ``publish:swap``, ``publish:swapped``).
+(``publish:adopt:ENTRY``, ``publish:exchange:FOLDER``, ``publish:swap``,
+``publish:swapped``).
 """
 
 from __future__ import annotations

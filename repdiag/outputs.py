@@ -71,20 +71,23 @@ def check_out(out: str | os.PathLike, option: str = "--out") -> Path:
 
 
 def _remove_stale(base: Path) -> None:
-    """Delete temporary output folders in ``base`` whose writing process no longer runs
-    (left by a kill), so they do not pile up."""
+    """Delete temporary output folders and links in ``base`` whose writing process no longer
+    runs (left by a kill), so they do not pile up."""
     try:
         entries = list(base.iterdir())
     except OSError:
         return
     for entry in entries:
         m = _TMP.match(entry.name)
-        if m is None or not entry.is_dir():
+        if m is None or not (entry.is_symlink() or entry.is_dir()):
             continue
         try:
             os.kill(int(m.group("pid")), 0)
         except ProcessLookupError:
-            shutil.rmtree(entry, ignore_errors=True)
+            if entry.is_symlink():
+                entry.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
         except (PermissionError, OverflowError, ValueError):
             continue
 
@@ -223,6 +226,7 @@ def _adopt(out: Path, names: list[str], key: str, sets: Path) -> None:
             link = out / f".{name}.repdiag-{os.getpid()}-link.tmp"
             link.unlink(missing_ok=True)
             os.symlink(target + name, link)
+            fault_point(f"publish:exchange:{name}")
             if _exchange(src, link):  # the folder and its link trade places at once
                 shutil.rmtree(link)
             else:  # no atomic exchange here: the folder is absent for one rename
@@ -264,6 +268,7 @@ def _publish_linked(tmp: Path, out: Path) -> None:
     if old is not None and old != gen.name:
         shutil.rmtree(sets / old, ignore_errors=True)
     _remove_stale_generations(sets, key, keep=gen.name)
+    _remove_stale(sets)  # links of a killed publisher
 
 
 def _remove_stale_generations(sets: Path, key: str, keep: str) -> None:

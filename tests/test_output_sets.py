@@ -60,7 +60,8 @@ def _expected(tmp_path: Path, tag: str) -> dict:
     return {**_view(ref), "notes.txt": "the user's own file"}
 
 
-POINTS = [f"publish:adopt:{n}" for n in NAMES] + ["publish:swap", "publish:swapped"]
+POINTS = [f"publish:adopt:{n}" for n in NAMES] + [
+    "publish:exchange:report_files", "publish:swap", "publish:swapped"]
 
 
 @pytest.mark.parametrize("earlier", ["plain files", "linked set"])
@@ -75,12 +76,13 @@ def test_a_kill_at_any_step_leaves_the_whole_old_or_the_whole_new_set(tmp_path, 
         (out / "notes.txt").write_text("the user's own file")
         assert _view(out) == old
         p = _write(out, "new", kill=point)
-        reached = not (point.startswith("publish:adopt") and earlier == "linked set")
+        adopting = point.startswith(("publish:adopt", "publish:exchange"))
+        reached = not (adopting and earlier == "linked set")
         assert p.returncode == (-signal.SIGKILL if reached else 0), (point, p.stderr)
         assert _view(out) in (old, new), point
         if point == "publish:swapped":
             assert _view(out) == new
-        if point.startswith("publish:adopt") or point == "publish:swap":
+        if adopting or point == "publish:swap":
             assert _view(out) == (old if reached else new), point
         assert _write(out, "new").returncode == 0  # the next run completes and tidies up
         assert _view(out) == new, point

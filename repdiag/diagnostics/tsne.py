@@ -109,9 +109,6 @@ def tsne(X: Any, labels: Any = None, *, n_jobs: int | None = None, perplexity: f
     if isinstance(exact_limit, bool) or not isinstance(exact_limit, int) or exact_limit < 2:
         raise UserError(f"exact_limit must be an integer >= 2, got {exact_limit!r}")
     X = as_matrix(X, "X", min_rows=2)
-    if bool((X == X[:1]).all()):  # no distances: the affinities are 0/0 and the map all NaN
-        raise UserError(f"t-SNE: all {X.shape[0]} points are identical (the features do not "
-                        "vary), so there is no map to draw")
     top = float(X.abs().max())
     if top > 0 and not 1e-6 <= top <= 1e6:
         # far from unit scale (float64 features of 1e39 or 1e-50): the perplexity-calibrated
@@ -126,6 +123,9 @@ def tsne(X: Any, labels: Any = None, *, n_jobs: int | None = None, perplexity: f
         raise UserError(f"perplexity must be positive, got {perplexity!r}")
     if 3 * perplexity >= n:
         raise UserError(f"perplexity {perplexity} is too large for {n} points (need n > 3*perplexity)")
+    if bool((X == X[:1]).all()):  # no distances: the affinities are 0/0 and the map all NaN
+        raise UserError(f"t-SNE: all {n} points are identical (the features do not "
+                        "vary), so there is no map to draw")
     jobs = int(n_jobs) if n_jobs is not None else (os.cpu_count() or 1)
     dev = dev or torch.device("cpu")
     extra: dict[str, Any] = {}
