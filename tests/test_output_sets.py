@@ -104,3 +104,22 @@ def test_a_linked_set_is_moved_and_copied_with_its_folder(tmp_path):
     subprocess.run(["cp", "-r", str(moved), str(copy)], check=True)
     assert _view(copy) == expected  # relative links: the copy reads its own files
     assert (copy / "report.html").resolve().is_relative_to(copy.resolve())
+
+
+def test_without_an_atomic_exchange_a_folder_is_still_adopted_whole(tmp_path, monkeypatch):
+    """Where renameat2(RENAME_EXCHANGE) is missing, a plain folder of an earlier set is
+    moved aside and its link renamed in (two renames): the result is the same."""
+    import repdiag.outputs as outputs
+
+    out = tmp_path / "out"
+    assert _write(out, "old").returncode == 0
+    (out / "notes.txt").write_text("the user's own file")
+    monkeypatch.setattr(outputs, "_exchange", lambda a, b: False)
+    with outputs.output_set(out) as tmp:
+        for name in ("report.html", "report.md", "report.json"):
+            (tmp / name).write_text(name + " of new")
+        (tmp / "report_files").mkdir()
+        (tmp / "report_files" / "map_new.png").write_text("new")
+        (tmp / "report_files" / "rank.png").write_text("rank of new")
+    assert _view(out) == _expected(tmp_path, "new")
+    assert sorted(p.name for p in out.iterdir()) == [".repdiag-sets", "notes.txt", *NAMES]
