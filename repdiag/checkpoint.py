@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from repdiag.errors import UserError
+from repdiag.faults import fault_point
 from repdiag.importers import import_foreign
 from repdiag.inert_pickle import has_inert, load_inert, plain
 from repdiag.models import BackboneSpec, Head, HeadSpec, build_backbone, build_head
@@ -54,9 +55,11 @@ def _atomic_write(path: str | os.PathLike, write, binary: bool = True) -> None:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
+            fault_point(f"write:{path.name}:partial", lambda: os.truncate(tmp, f.tell() // 2))
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; files follow the umask
         os.replace(tmp, path)
+        fault_point(f"write:{path.name}:written")
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -105,7 +108,9 @@ def safe_torch_load(path: str | os.PathLike, what: str = "file") -> object:
     ``weights_only`` refuses (an OmegaConf config in ``hyper_parameters``) is
     read with :func:`repdiag.inert_pickle.load_inert` instead: those classes
     become inert placeholders, never run, and only ``state_dict`` (tensors),
-    plain ``hyper_parameters``, ``epoch`` and ``global_step`` are kept.
+    plain ``hyper_parameters``, ``epoch`` and ``global_step`` are kept. Every
+    record is checked against its CRC-32 first (:func:`verify_zip`); a legacy
+    (non-zip) torch file has no such check and is refused (:func:`legacy_message`).
     """
     path = Path(path)
     check_regular_file(path, what)
@@ -116,8 +121,9 @@ def safe_torch_load(path: str | os.PathLike, what: str = "file") -> object:
         raise UserError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
     if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
         raise UserError(f"{path}: not a torch file (neither a torch.save zip archive nor a pickle)")
-    if magic.startswith(b"PK\x03\x04"):
-        verify_zip(path, what)
+    if not magic.startswith(b"PK\x03\x04"):
+        raise UserError(legacy_message(path, what))
+    verify_zip(path, what)
     try:
         with warnings.catch_warnings():  # torch's note on a pickle protocol is not the user's
             warnings.filterwarnings("ignore", message=".*pickle protocol")
@@ -137,6 +143,21 @@ def safe_torch_load(path: str | os.PathLike, what: str = "file") -> object:
             "code in a file can run; save the model's state_dict() instead") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
         raise UserError(f"{path}: truncated or not a torch file ({_first_line(e)})") from None
+
+
+def legacy_message(path: str | os.PathLike, what: str = "file") -> str:
+    """The one line that refuses a legacy (non-zip) torch file, with how to convert it.
+
+    torch wrote a bare pickle followed by raw tensor bytes before version 1.6 (and
+    still does with ``_use_new_zipfile_serialization=False``). Nothing in that
+    format checks the bytes, so a damaged tensor would be diagnosed as if intact;
+    the zip format ``torch.save`` writes today stores a CRC-32 per record.
+    """
+    return (f"{path}: refused: a legacy torch {what} (a bare pickle, written before torch 1.6 "
+            "or with _use_new_zipfile_serialization=False) carries no integrity check, so "
+            "damage could not be detected; if you trust its bytes, convert it once to the "
+            "zip format (a CRC-32 per record): python -c \"import sys, torch; torch.save("
+            "torch.load(sys.argv[1], weights_only=True), sys.argv[2])\" OLD.pt NEW.pt")
 
 
 def check_regular_file(path: str | os.PathLike, what: str = "file") -> None:
@@ -384,6 +405,10 @@ def checkpoint_from_dict(raw: object, path: str, key_map: tuple = (),
                 if not isinstance(raw.get(key), dict):
                     raise TypeError(f"'{key}' ({type(raw.get(key)).__name__}, expected a "
                                     "state dict)")
+            for key in ("epoch", "step"):
+                value = raw.get(key, 0)
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise TypeError(f"'{key}' ({value!r}, expected a non-negative integer)")
             return Checkpoint(
                 path=path,
                 config=config,

@@ -145,7 +145,9 @@ def test_the_intact_files_load(inputs):
     ({"format": "repdiag-checkpoint-v2"}, ["unknown checkpoint format 'repdiag-checkpoint-v2'",
                                            "'repdiag-checkpoint' up to version 1"]),
     ({"config": "a string"}, ["damaged repdiag checkpoint", "'config'"]),
-    ({"epoch": "abc"}, ["damaged repdiag checkpoint", "abc"]),
+    ({"epoch": "abc"}, ["damaged repdiag checkpoint", "'epoch' ('abc', expected a non-negative"]),
+    ({"epoch": -3}, ["'epoch' (-3, expected a non-negative integer)"]),
+    ({"step": 2.5}, ["'step' (2.5, expected a non-negative integer)"]),
     ({"metrics": "a string"}, ["damaged repdiag checkpoint", "'metrics'"]),
 ])
 def test_a_checkpoint_this_code_cannot_read_is_refused(inputs, tmp_path, capsys, change, pieces):
@@ -175,8 +177,13 @@ def test_only_regular_files_are_opened(tmp_path, capsys):
 
 # ----------------------------------------------------------------- full disks at each write
 def _snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    """What a reader of ``folder`` sees: each visible file's bytes, links followed."""
+    seen = {}
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        seen.update({str((Path(root) / f).relative_to(folder)): (Path(root) / f).read_bytes()
+                     for f in files if not f.startswith(".")})
+    return seen
 
 
 @contextlib.contextmanager
@@ -291,7 +298,6 @@ def test_a_report_killed_midway_leaves_no_trace_after_the_next_run(inputs, tmp_p
     stale = out / f".rep.repdiag-{dead}-abc.tmp"  # what a SIGKILL during a rewrite leaves
     (stale / "report_files").mkdir(parents=True)
     (stale / "report.md").write_text("half")
-    assert _snapshot(out) != old
     assert _run(capsys, argv)[0] == 0
     assert not stale.exists() and _snapshot(out) == old  # same inputs, same report
 
@@ -336,4 +342,53 @@ def test_a_new_report_replaces_the_old_set_and_keeps_other_files(inputs, tmp_pat
         "probes.png", "rank.png", "spectrum_0.png"]  # no map of the earlier report survives
     assert json.loads((out / "report.json").read_text())[0]["label"] == "feat.pt"
     assert sorted(p.name for p in out.iterdir()) == [
-        "notes.txt", "report.html", "report.json", "report.md", "report_files"]
+        ".repdiag-sets", "notes.txt", "report.html", "report.json", "report.md", "report_files"]
+
+
+@pytest.mark.parametrize("point", ["publish:adopt:report.json"])  # before report.json
+def test_a_report_killed_while_publishing_leaves_the_earlier_report_whole(inputs, tmp_path,
+                                                                          capsys, point):
+    out = tmp_path / "rep"
+    argv = ["report", inputs / "feat.pt", "--tsne-points", "0", "--out", out]
+    assert _run(capsys, [*argv, "--title", "earlier"])[0] == 0
+    old = _snapshot(out)
+    env = {**os.environ, "REPDIAG_FAULT_KILL": point,
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    p = subprocess.run([sys.executable, "-m", "repdiag", *map(str, argv), "--title", "later"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == -9, p.stderr  # a real SIGKILL at that point
+    assert _snapshot(out) == old  # every file of the earlier report, none of the later one
+    assert _run(capsys, [*argv, "--title", "later"])[0] == 0
+    new = _snapshot(out)
+    assert set(new) == set(old) and all(b"later" in new[f] for f in
+                                        ("report.html", "report.md"))
+
+
+@pytest.mark.parametrize("name", ["ck.pt", "feat.pt"])
+@pytest.mark.parametrize("damaged", [False, True], ids=["intact", "flipped-byte"])
+def test_a_legacy_torch_file_is_refused_with_how_to_convert_it(inputs, tmp_path, capsys, name,
+                                                               damaged):
+    """torch's own legacy writer (no CRC): refused whole or damaged, never diagnosed; the
+    conversion the message gives makes a file that reads as the original does."""
+    legacy = tmp_path / f"legacy-{name}"
+    torch.save(torch.load(inputs / name, weights_only=True), legacy,
+               _use_new_zipfile_serialization=False)
+    raw = bytearray(legacy.read_bytes())
+    assert not raw.startswith(b"PK\x03\x04")
+    if damaged:  # a byte of the last tensor's data: the legacy format cannot notice
+        raw[-5] ^= 0x40
+        legacy.write_bytes(bytes(raw))
+    argv = ["rank", "--json", "--limit", "12"]
+    code, _, err = _run(capsys, [*argv, legacy])
+    _one_line_error(code, err, str(legacy), "legacy torch", "no integrity check",
+                    "torch.save(torch.load(sys.argv[1], weights_only=True), sys.argv[2])")
+    if damaged:
+        return
+    command = err.split("python -c ", 1)[1].rsplit(" OLD.pt NEW.pt", 1)[0]
+    converted = tmp_path / f"converted-{name}"
+    subprocess.run(["sh", "-c", f"{sys.executable} -c {command} {legacy} {converted}"],
+                   check=True)
+    assert converted.read_bytes().startswith(b"PK\x03\x04")
+    results = [_run(capsys, [*argv, p]) for p in (inputs / name, converted)]
+    assert results[0][0] == results[1][0] == 0
+    assert json.loads(results[0][1]) == json.loads(results[1][1])

@@ -126,9 +126,19 @@ def test_a_zero_head_has_h_n_equal_to_h(base, tmp_path, capsys):
     assert rep["accuracy"]["h_r"] is None and "range is {0}" in rep["undefined"]["h_r"]
 
 
-def test_json_output_is_strict(base, tmp_path, capsys, tsne_one_job):
+def test_json_output_is_strict(base, tmp_path, capsys, monkeypatch):
+    """A map whose KL divergence is NaN (a degenerate optimisation): the CLI's --json still
+    parses strictly, with null and the reason."""
+    from types import SimpleNamespace
+
+    import repdiag.diagnostics
+
+    def nan_kl_tsne(x, y, **kw):
+        return SimpleNamespace(embedding=x[:, :2].numpy(), labels=y.numpy(), n=len(x),
+                               params={"backend": "opentsne", "kl_divergence": float("nan")})
+    monkeypatch.setattr(repdiag.diagnostics, "tsne", nan_kl_tsne)
     h, y = base
-    path = _save(tmp_path / "f.pt", torch.ones(60, 8, dtype=torch.float64), y)
+    path = _save(tmp_path / "f.pt", h, y)
     assert main(["tsne", str(path), "--perplexity", "5", "--json",
                  "--out", str(tmp_path / "figs")]) == 0
     text = capsys.readouterr().out
@@ -137,7 +147,7 @@ def test_json_output_is_strict(base, tmp_path, capsys, tsne_one_job):
         raise AssertionError(f"non-standard JSON token {token}")
     rep = json.loads(text, parse_constant=refuse)
     kl = rep["h"]["kl_divergence"]
-    assert kl is None and "h.kl_divergence" in rep["null_reasons"]
+    assert kl is None and rep["null_reasons"]["h.kl_divergence"] == "not a number (NaN)"
 
 
 def test_strict_json_replaces_every_non_finite_number():
@@ -146,3 +156,22 @@ def test_strict_json_replaces_every_non_finite_number():
     text = dumps({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf")}})
     assert json.loads(text) == {"a": None, "b": [1.0, None], "c": {"d": None}, "null_reasons": {
         "a": "not a number (NaN)", "b[1]": "+infinity (overflow)", "c.d": "-infinity (overflow)"}}
+
+
+def test_a_tsne_of_identical_points_is_refused_not_drawn_as_nan(tmp_path, capsys):
+    """openTSNE on constant features returns an all-NaN embedding (checked here with its own
+    code); repdiag refuses the map in one line and writes nothing."""
+    import openTSNE
+
+    h = torch.ones(40, 4)
+    y = torch.arange(40) % 3
+    with np.errstate(all="ignore"):
+        emb = np.asarray(openTSNE.TSNE(perplexity=5, n_iter=10, early_exaggeration_iter=10,
+                                       random_state=0).fit(h.double().numpy()))
+    assert np.isnan(emb).all()
+    path = _save(tmp_path / "f.pt", h, y)
+    out = tmp_path / "figs"
+    code = main(["tsne", str(path), "--perplexity", "5", "--out", str(out), "--json"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "all 40 points are identical" in err and not out.exists()

@@ -168,6 +168,39 @@ def test_a_run_killed_at_a_named_point_resumes_to_the_uninterrupted_result(
     assert_finished_like_reference(run, reference)
 
 
+# a real SIGKILL of a training process (repdiag.faults): (point, epochs in last.pt and
+# best.pt left by the kill); each epoch writes last.pt, best.pt, then metrics.jsonl
+SIGKILLS = [
+    ("write:last.pt:written#2", 2, 1),        # epoch 2's last.pt in place, best.pt behind
+    ("write:metrics.jsonl:partial#3", 2, 2),  # epoch 2's metrics line half written
+]
+
+
+@pytest.mark.parametrize("point,last_epoch,best_epoch_left", SIGKILLS,
+                         ids=[p for p, *_ in SIGKILLS])
+def test_a_training_process_killed_for_real_resumes_bit_exact(
+        tmp_path, capsys, one_thread, reference, point, last_epoch, best_epoch_left):
+    run = tmp_path / "run"
+    env = {**os.environ, "REPDIAG_FAULT_KILL": point, "PYTHONPATH": ROOT,
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "repdiag", *train_argv(run)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == -9, p.stderr  # killed by the signal, at that point
+    assert state(run / "last.pt")[0] == last_epoch
+    assert state(run / "best.pt")[0] == best_epoch_left
+    assert (run / LOCK_NAME).exists()  # left by the dead holder; the kernel dropped its lock
+    left = [x for x in run.iterdir() if x.name.endswith(".tmp")]
+    if "partial" in point:  # the half-written temporary file, and the old metrics whole
+        assert [x.name[:15] for x in left] == [".metrics.jsonl."]
+        assert [json.loads(x)["epoch"] for x in
+                (run / "metrics.jsonl").read_text().splitlines()] == [1]
+    else:
+        assert left == []
+    code, err = run_cli(capsys, ["train", "--resume", str(run), "--quiet"])
+    assert code == 0, err
+    assert_finished_like_reference(run, reference)
+
+
 def test_best_pt_behind_last_pt_is_repaired_even_with_nothing_left_to_train(
         tmp_path, monkeypatch, capsys, one_thread, reference):
     """Killed between last.pt and best.pt of the final epoch: a resume trains nothing, but
@@ -439,3 +472,75 @@ def test_a_trainer_built_but_never_run_gives_the_folder_back(tmp_path, one_threa
     gc.collect()
     assert not (tmp_path / "run" / LOCK_NAME).exists()
     RunLock(tmp_path / "run").acquire().release()
+
+
+# ------------------------------------------------------------------ train-ae standalone
+AE_ARGV = ["train-ae", "--data", "synthetic", "--quiet", "--set", "epochs=2",
+           "--set", "data_limit=16", "--set", "latent=8"]
+
+
+def _ae_writes(monkeypatch, fail_at=None):
+    """Route train-ae's writes through the real atomic writer; the ``fail_at``-th (from 0)
+    writes half its bytes and then finds the disk full."""
+    import train.autoencoder as ae_mod
+
+    calls = []
+
+    def body(write):
+        def failing(f):
+            buf = io.BytesIO()
+            write(buf)
+            f.write(buf.getvalue()[: max(1, len(buf.getvalue()) // 2)])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return failing
+
+    def torch_save(obj, path):
+        calls.append(os.path.basename(path))
+        if len(calls) - 1 == fail_at:
+            return ckmod._atomic_write(path, body(lambda f: torch.save(obj, f)))
+        return ckmod.atomic_torch_save(obj, path)
+
+    def write_text(path, text):
+        calls.append(os.path.basename(path))
+        if len(calls) - 1 == fail_at:
+            return ckmod._atomic_write(path, body(lambda f: f.write(text.encode())))
+        return ckmod.atomic_write_text(path, text)
+
+    monkeypatch.setattr(ae_mod, "atomic_torch_save", torch_save)
+    monkeypatch.setattr(ae_mod, "atomic_write_text", write_text)
+    return calls
+
+
+def test_train_ae_a_full_disk_at_any_write_is_one_line_and_nothing_half_written(
+        tmp_path, monkeypatch, capsys, one_thread):
+    calls = _ae_writes(monkeypatch)
+    assert main([*AE_ARGV, "--out", str(tmp_path / "ok")]) == 0
+    capsys.readouterr()
+    writes = list(calls)
+    assert writes[:2] == ["config.yaml", "metrics.jsonl"] and writes.count("metrics.jsonl") == 3
+    for k, name in enumerate(writes):
+        out = tmp_path / f"new{k}" / "ae"
+        _ae_writes(monkeypatch, fail_at=k)
+        code, err = run_cli(capsys, [*AE_ARGV, "--out", str(out)])
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert f"cannot write {out / name}: No space left on device" in err
+        if "autoencoder.pt" not in writes[:k]:  # no autoencoder yet: nothing left at all
+            assert not (tmp_path / f"new{k}").exists(), k
+            continue
+        left = sorted(p.name for p in out.iterdir())
+        assert left == ["autoencoder.pt", "config.yaml", "metrics.jsonl"], (k, left)
+        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [m["epoch"] for m in lines] == list(range(1, len(lines) + 1))
+        raw = torch.load(out / "autoencoder.pt", weights_only=True)
+        assert raw["history"][:len(lines)] == lines  # whole lines, the checkpoint's own
+        if lines:  # the checkpoint is never behind the metrics' best epoch
+            assert min(lines, key=lambda m: m["val_loss"])["epoch"] <= raw["best_epoch"]
+
+
+def test_train_ae_refuses_a_second_writer_naming_the_holder(tmp_path, capsys, holder):
+    out = tmp_path / "ae"
+    other = holder(out)
+    code, err = run_cli(capsys, [*AE_ARGV, "--out", str(out)])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{out} is being written by another repdiag process (pid {other.pid})" in err
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing written

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from repdiag.checkpoint import atomic_torch_save, safe_torch_load
+from repdiag.checkpoint import atomic_torch_save, atomic_write_text, safe_torch_load
 from repdiag.data import check_dataset_options, dataset_kwargs, load_dataset
 from repdiag.errors import UserError
 from train.device import resolve_device
@@ -219,16 +219,60 @@ def evaluate(model: ShallowAutoencoder, images: torch.Tensor, stats, cfg: AEConf
 
 
 def train_autoencoder(cfg: AEConfig, out_dir: str | os.PathLike, *, quiet: bool = False) -> dict:
-    """Train the autoencoder of ``cfg`` into ``out_dir``; returns a summary dict."""
+    """Train the autoencoder of ``cfg`` into ``out_dir``; returns a summary dict.
+
+    Written as a run folder is: one writer at a time (:class:`repdiag.runs.RunLock`),
+    every file atomically (``config.yaml``, ``metrics.jsonl`` rewritten whole each
+    epoch, the checkpoint), a failed write (a full disk) one line naming the file
+    (:func:`train.output.checked`); a run that fails before its first checkpoint
+    leaves nothing it created.
+    """
+    from repdiag.data.paths import missing_folders, remove_empty_folders
+    from repdiag.runs import RunLock
+
     validate_ae_config(cfg)
     out = Path(out_dir)
+    ck_path = out / CHECKPOINT_NAME
+    if out.exists() and not out.is_dir():
+        raise UserError(f"cannot write to --out {out}: it exists and is not a folder")
+    if ck_path.exists():
+        raise UserError(f"{out} already holds an autoencoder ({CHECKPOINT_NAME}); use another --out")
+    created = missing_folders(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot write to --out {out}: {e.strerror or e}") from None
-    ck_path = out / CHECKPOINT_NAME
-    if ck_path.exists():
-        raise UserError(f"{out} already holds an autoencoder ({CHECKPOINT_NAME}); use another --out")
+    lock = RunLock(out)
+    written: list[Path] = []
+    try:
+        lock.acquire()
+        if ck_path.exists():  # written by the process that held the folder before us
+            raise UserError(f"{out} already holds an autoencoder ({CHECKPOINT_NAME}); "
+                            "use another --out")
+        return _train(cfg, out, ck_path, written, quiet)
+    except BaseException:
+        if not ck_path.exists():  # no autoencoder: nothing of this run is left
+            for path in written:
+                path.unlink(missing_ok=True)
+            lock.release()
+            remove_empty_folders([p for p in created if p.exists()])
+        raise
+    finally:
+        lock.release()
+
+
+def _write(path: Path, write, written: list[Path]) -> None:
+    """One atomic write; a failed one is one UserError line; new files are recorded."""
+    from train.output import checked
+
+    new = not path.exists()
+    checked(path, write)
+    if new:
+        written.append(path)
+
+
+def _train(cfg: AEConfig, out: Path, ck_path: Path, written: list[Path], quiet: bool) -> dict:
+    """The training loop of :func:`train_autoencoder`, into the locked folder ``out``."""
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.data, root=cfg.data_root, limit=cfg.data_limit,
                         **dataset_kwargs(cfg.to_dict()))
@@ -244,12 +288,14 @@ def train_autoencoder(cfg: AEConfig, out_dir: str | os.PathLike, *, quiet: bool 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.factor,
                                                          patience=cfg.patience)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    config_path = out / "config.yaml"
+    config_text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    _write(config_path, lambda: atomic_write_text(config_path, config_text), written)
     gen = torch.Generator().manual_seed(cfg.seed)
     images = data.train.images
     best, best_epoch, history = math.inf, 0, []
     metrics_path = out / "metrics.jsonl"
-    metrics_path.write_text("")
+    _write(metrics_path, lambda: atomic_write_text(metrics_path, ""), written)
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         model.train()
@@ -271,12 +317,13 @@ def train_autoencoder(cfg: AEConfig, out_dir: str | os.PathLike, *, quiet: bool 
         line = {"epoch": epoch, "train_loss": total / max(1, count), "val_loss": val,
                 "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         history.append(line)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(line) + "\n")
-        if val < best:
+        if val < best:  # the checkpoint first: metrics.jsonl never lists a best epoch it lacks
             best, best_epoch = val, epoch
-            atomic_torch_save(_checkpoint(model, cfg, stats, image_size, pixels, best, best_epoch,
-                                          epoch, history), ck_path)
+            ck = _checkpoint(model, cfg, stats, image_size, pixels, best, best_epoch, epoch,
+                             history)
+            _write(ck_path, lambda ck=ck: atomic_torch_save(ck, ck_path), written)
+        text = "".join(json.dumps(m) + "\n" for m in history)  # rewritten whole: never half a line
+        _write(metrics_path, lambda text=text: atomic_write_text(metrics_path, text), written)
         if not quiet:
             print(f"ae epoch {epoch}/{cfg.epochs} | train {line['train_loss']:.5f} | "
                   f"val {val:.5f} | lr {line['lr']:.2e}" + (" *" if best_epoch == epoch else ""),

@@ -123,6 +123,9 @@ def tsne(X: Any, labels: Any = None, *, n_jobs: int | None = None, perplexity: f
         raise UserError(f"perplexity must be positive, got {perplexity!r}")
     if 3 * perplexity >= n:
         raise UserError(f"perplexity {perplexity} is too large for {n} points (need n > 3*perplexity)")
+    if bool((X == X[:1]).all()):  # no distances: the affinities are 0/0 and the map all NaN
+        raise UserError(f"t-SNE: all {n} points are identical (the features do not "
+                        "vary), so there is no map to draw")
     jobs = int(n_jobs) if n_jobs is not None else (os.cpu_count() or 1)
     dev = dev or torch.device("cpu")
     extra: dict[str, Any] = {}
