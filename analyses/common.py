@@ -147,6 +147,8 @@ class Context:
     quiet: bool
     started: float = field(default_factory=time.time)
     configs: dict = field(default_factory=dict)
+    # the checkout's commit when the command started, before it wrote any output of its own
+    commit: str | None = field(default_factory=lambda: git_commit())
 
 
 def context(args: argparse.Namespace) -> Context:
@@ -361,7 +363,7 @@ def sidecar(ctx: Context, name: str, outputs: list[str], **extra) -> dict:
     return {
         "output": name, "files": outputs,
         "command": " ".join(["python", *[os.path.relpath(sys.argv[0], ROOT)], *sys.argv[1:]]),
-        "scale": ctx.scale.name, "seeds": list(ctx.seeds), "git_commit": git_commit(),
+        "scale": ctx.scale.name, "seeds": list(ctx.seeds), "git_commit": ctx.commit,
         "machine": machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d"), "wall_time_s": round(time.time() - ctx.started, 1),
         **extra, "configs": compact_configs(ctx.configs),
