@@ -142,8 +142,8 @@ def test_under_torch_distributed_only_rank_zero_measures(tmp_path):
     import torch.multiprocessing as mp
 
     mp.spawn(_ddp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
-    line0 = torch.load(tmp_path / "line0.pt")
-    assert torch.load(tmp_path / "line1.pt") == {}
+    line0 = torch.load(tmp_path / "line0.pt", weights_only=True)
+    assert torch.load(tmp_path / "line1.pt", weights_only=True) == {}
     backbone, head = _model()
     data = _data(30, 1)
     single = HeadMonitor(backbone, head, data, data).step(0)  # the same as one process alone
