@@ -27,6 +27,7 @@ import torch
 
 from repdiag.augment import eval_transform
 from repdiag.checkpoint import Checkpoint, atomic_torch_save, load_checkpoint, safe_torch_load
+from repdiag.data.paths import cache_dir
 from repdiag.errors import UserError
 from repdiag.precision import autocast, resolve_precision
 
@@ -80,10 +81,11 @@ def _file_digest(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def cache_dir() -> Path:
-    """Where extracted features are cached (``$REPDIAG_CACHE`` or ~/.cache/repdiag/features)."""
-    root = os.environ.get("REPDIAG_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "repdiag" / "features"
+def feature_cache_dir() -> Path:
+    """Where extracted features are cached: ``features/`` in repdiag's cache folder
+    (:func:`repdiag.data.paths.cache_dir`: ``$REPDIAG_CACHE``, else ``$XDG_CACHE_HOME/repdiag``,
+    else ``~/.cache/repdiag``)."""
+    return cache_dir() / "features"
 
 
 #: named input statistics for ``--normalize`` (CIFAR's as solo-learn trains with them)
@@ -187,7 +189,7 @@ def extract(checkpoint: str | os.PathLike | Checkpoint, data: str | None = None,
         if prec != "fp32":  # fp32 keys stay those of earlier versions
             parts.append(("precision", prec))
         key = hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
-        hit = cache_dir() / f"{key}.pt"
+        hit = feature_cache_dir() / f"{key}.pt"
         if hit.exists():
             try:
                 return _featureset_from_dict(safe_torch_load(hit, "feature cache"), split)
@@ -221,7 +223,7 @@ def extract(checkpoint: str | os.PathLike | Checkpoint, data: str | None = None,
                     split=split, meta={"checkpoint": str(ck.path), "data": name})
     if key is not None:
         try:
-            atomic_torch_save(_featureset_to_dict(fs), cache_dir() / f"{key}.pt")
+            atomic_torch_save(_featureset_to_dict(fs), feature_cache_dir() / f"{key}.pt")
         except Exception:  # noqa: BLE001 - any write failure (torch.save raises RuntimeError
             pass  # on a full disk, not OSError): the cache only costs time, so go on without it
     return fs

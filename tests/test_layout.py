@@ -74,3 +74,24 @@ def test_a_provider_whose_package_is_absent_is_left_out(monkeypatch):
     absent = EntryPoint("gone", "repdiag_absent_plugin.cli:add", cli.COMMANDS_GROUP)
     monkeypatch.setattr(cli, "command_providers", lambda: [absent])
     assert _listed(cli.build_parser())[0] == "spectrum"  # only the library's own commands
+
+
+def test_device_names_are_resolved_in_one_place(monkeypatch):
+    import pytest
+    import torch
+
+    from repdiag.devices import resolve_device
+    from repdiag.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(UserError, match="^unknown device 'mps'; use cpu, cuda or cuda:N$"):
+        resolve_device("mps")
+    with pytest.raises(UserError, match="^--device 'cuda:1': no CUDA device is available"):
+        resolve_device("cuda:1", "--device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == torch.device("cuda")
+    with pytest.raises(UserError, match="this machine has 1 CUDA device"):
+        resolve_device("cuda:1")

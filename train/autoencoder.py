@@ -61,8 +61,8 @@ from torch import nn
 
 from repdiag.checkpoint import atomic_torch_save, atomic_write_text, safe_torch_load
 from repdiag.data import check_dataset_options, dataset_kwargs, load_dataset
+from repdiag.devices import resolve_device
 from repdiag.errors import UserError
-from train.device import resolve_device
 
 AE_FORMAT = "repdiag-autoencoder"
 AE_VERSION = 1

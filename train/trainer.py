@@ -40,6 +40,7 @@ from repdiag.checkpoint import (
 )
 from repdiag.data import load_dataset
 from repdiag.data.paths import missing_folders, remove_empty_folders
+from repdiag.devices import resolve_device
 from repdiag.errors import UserError
 from repdiag.models import BackboneSpec, HeadSpec, build_backbone, build_head, default_cifar_stem
 from repdiag.precision import resolve_precision
@@ -59,7 +60,6 @@ from train.config import (
     from_dict,
     validate,
 )
-from train.device import resolve_device
 from train.distributed import convert_sync_batchnorm, init_world, wrap_backbone
 from train.monitor import epoch_monitor
 from train.output import checked

@@ -6,12 +6,16 @@ Search order for dataset ``<name>``:
    never silently replaced by another location);
 2. ``$REPDIAG_DATA/<name>`` if the environment variable is set;
 3. dataset-specific system locations (e.g. ``/usr/share/datasets/fashion-mnist``);
-4. the cache, ``~/.cache/repdiag/<name>`` (``$XDG_CACHE_HOME/repdiag/<name>``
-   if that variable is set).
+4. the cache, ``<cache>/<name>`` (:func:`cache_dir`).
 
 Downloads (where a dataset has one) go to ``root`` if given, else
 ``$REPDIAG_DATA/<name>`` if set, else the cache. Set ``REPDIAG_NO_DOWNLOAD=1``
 to forbid every download (or pass ``download=False`` to ``load_dataset``).
+
+repdiag's cache folder ``<cache>`` (:func:`cache_dir`) is the first of
+``$REPDIAG_CACHE``, ``$XDG_CACHE_HOME/repdiag``, ``~/.cache/repdiag``: datasets
+download into ``<cache>/<name>`` and extracted features are cached in
+``<cache>/features`` (:mod:`repdiag.features`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,11 @@ T = TypeVar("T")
 
 
 def cache_dir() -> Path:
-    """``~/.cache/repdiag`` (or ``$XDG_CACHE_HOME/repdiag``)."""
+    """repdiag's cache folder: ``$REPDIAG_CACHE`` if set, else ``$XDG_CACHE_HOME/repdiag``,
+    else ``~/.cache/repdiag`` (the one rule for datasets and extracted features)."""
+    own = os.environ.get("REPDIAG_CACHE")
+    if own:
+        return Path(own).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base).expanduser() / "repdiag"
 

@@ -47,14 +47,6 @@ def exact_affinities(X: torch.Tensor, perplexity: float, *, n_jobs: int = 1, see
 EXACT_LIMIT = 20_000
 
 
-def resolve_device(device: Any) -> torch.device | None:
-    """``None`` or a checked torch.device for ``device`` (None, "cpu", "cuda", "cuda:N" or a
-    torch.device); a CUDA device this machine does not have is a UserError, raised before any work."""
-    if device is None:
-        return None
-    return check_device(str(device), "t-SNE device")
-
-
 def tsne(X: Any, labels: Any = None, *, n_jobs: int | None = None, perplexity: float = 30,
          seed: int = 0, neighbors: str = "exact", device: Any = None, backend: str | None = None,
          exact_limit: int = EXACT_LIMIT, **kw: Any) -> TSNEResult:
@@ -101,7 +93,7 @@ def tsne(X: Any, labels: Any = None, *, n_jobs: int | None = None, perplexity: f
 
     from repdiag.diagnostics import tsne_torch
 
-    dev = resolve_device(device)
+    dev = None if device is None else check_device(str(device), "t-SNE device")
     if backend is None:
         backend = "torch" if dev is not None and dev.type == "cuda" else "opentsne"
     if backend not in ("opentsne", "torch"):
