@@ -340,11 +340,3 @@ def _layer(layer: dict) -> nn.Module:
 def build_head(spec: HeadSpec) -> Head:
     """Build the projection head described by ``spec``."""
     return Head(spec)
-
-
-@dataclass
-class ModelSpec:
-    """Backbone and head specs together, as stored in a checkpoint."""
-
-    backbone: BackboneSpec = field(default_factory=BackboneSpec)
-    head: HeadSpec = field(default_factory=HeadSpec)
