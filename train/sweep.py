@@ -41,6 +41,7 @@ Outputs (written atomically after every run):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -175,15 +176,14 @@ def probe_accuracies(run_dir: Path, probes: list[str], select: str = "last") -> 
     from repdiag.features import FeatureSource
 
     ckpt = run_checkpoint(run_dir, select)
-    sources: list = []
+    source = functools.cache(lambda: FeatureSource(ckpt))  # extracted once, if any probe runs
     out = {"checkpoint": ckpt.name}
     for spec in probes:
         kind, _, preset = spec.partition(":")
         preset = preset or {"knn": "g", "linear": "fast"}[kind]
 
         def measure(kind=kind, preset=preset):
-            sources[:] = sources or [FeatureSource(ckpt)]
-            return {"accuracy": probe_report(sources[0], kind, ("h", "z"), preset=preset)["accuracy"]}
+            return {"accuracy": probe_report(source(), kind, ("h", "z"), preset=preset)["accuracy"]}
 
         settings = [{"probe": kind, "preset": preset, "on": ["h", "z"], "v": 1}]
         acc = cached_evaluation(ckpt, settings, measure, check=_accuracies_of("h", "z"))["accuracy"]
@@ -192,6 +192,7 @@ def probe_accuracies(run_dir: Path, probes: list[str], select: str = "last") -> 
 
 
 def _accuracies_of(*features: str):
+    """A check that a cached probe result holds a number for each of ``features``."""
     def check(cached: dict) -> bool:
         acc = cached.get("accuracy")
         return isinstance(acc, dict) and all(
