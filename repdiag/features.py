@@ -29,6 +29,7 @@ from repdiag.augment import eval_transform
 from repdiag.checkpoint import Checkpoint, atomic_torch_save, load_checkpoint, safe_torch_load
 from repdiag.data.paths import cache_dir
 from repdiag.errors import UserError
+from repdiag.files import file_digest
 
 CACHE_VERSION = 2  # 2: no z for checkpoints without a head
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -70,14 +71,6 @@ class FeatureBundle:
     @property
     def has_z(self) -> bool:
         return self.train.z is not None and self.test.z is not None
-
-
-def _file_digest(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def feature_cache_dir() -> Path:
@@ -176,7 +169,7 @@ def extract(checkpoint: str | os.PathLike | Checkpoint, data: str | None = None,
     dev = torch.device(device)
     key = None
     if cache and os.path.isfile(ck.path):
-        parts = [CACHE_VERSION, _file_digest(ck.path), name, data_root, split,
+        parts = [CACHE_VERSION, file_digest(ck.path), name, data_root, split,
                  sorted(_dataset_kwargs(ck, name).items()), limit, mean, std, ck.key_map]
         if ck.source != "repdiag-checkpoint":  # how it was read (--stem, --head-activation)
             parts.append((repr(ck.backbone_spec), repr(ck.head_spec)))

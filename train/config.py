@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from repdiag.errors import UserError
+from repdiag.runs import SELECT
 from train.yaml_data import load_yaml, read_yaml_file
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -180,7 +181,6 @@ SCHEMES = ("joint", "fixed", "pca-top", "pca-bottom", "slow-single", "slow-optim
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("none", "cosine")
 INNER_OPTIMIZERS = ("adam", "sgd")
-SELECT = ("last", "best")
 LABEL_LEVELS = ("variant", "family", "manufacturer")  # FGVC-Aircraft: 100 / 70 / 30 classes
 
 

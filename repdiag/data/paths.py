@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from repdiag.errors import UserError
+from repdiag.errors import UserError, reason
 
 T = TypeVar("T")
 
@@ -69,14 +69,6 @@ def downloads_allowed(download: bool) -> bool:
     return download and flag in ("", "0", "false", "no")
 
 
-def one_line(err: BaseException, limit: int = 160) -> str:
-    """A short single-line description of an exception, for embedding in a UserError."""
-    text = " ".join(str(err).split())
-    if len(text) > limit:  # cut between words, never inside one
-        text = text[: limit - 4].rsplit(" ", 1)[0] + " ..."
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
 def missing_folders(path: Path) -> list[Path]:
     """``path`` and those of its parents that do not exist yet, deepest first."""
     missing = []
@@ -111,7 +103,7 @@ def via_torchvision(
         return make(target, False)
     except Exception as local_err:  # noqa: BLE001 - missing: RuntimeError; corrupt: anything
         if not downloads_allowed(download):
-            detail = f" ({one_line(local_err)})"
+            detail = f" ({reason(local_err, typed=True, limit=160)})"
             raise UserError(
                 f"dataset {name!r} not found in {target}{detail} and downloads are disabled; {hint}"
             ) from None
@@ -122,6 +114,6 @@ def via_torchvision(
     except Exception as err:  # noqa: BLE001 - network, checksum, disk errors all end here
         remove_empty_folders(created)  # a failed download leaves no empty folders behind
         raise UserError(
-            f"dataset {name!r} not found in {target} and the download failed ({one_line(err)}); "
-            f"{hint}"
+            f"dataset {name!r} not found in {target} and the download failed "
+            f"({reason(err, typed=True, limit=160)}); {hint}"
         ) from None
