@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:  # `python analyses/x.py` from a checkout without 
 import torch  # noqa: E402
 
 from repdiag.devices import check_device  # noqa: E402
+from repdiag.diagnostics.probes import DEFAULT_KNN_PRESET, KNN_PRESETS  # noqa: E402
 from repdiag.errors import UserError  # noqa: E402
 
 SCALES = ("cpu", "gpu", "paper", "smoke")
@@ -265,6 +266,10 @@ def _digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+#: the kNN protocol :func:`evaluate` runs: repdiag's default preset, paper G's k = 200, cosine, T = 0.5
+KNN = KNN_PRESETS[DEFAULT_KNN_PRESET]
+
+
 def evaluate(ctx: Context, checkpoint: Path, *, probes: tuple[str, ...] = ("knn", "linear"),
              on: tuple[str, ...] | None = None, rank: bool = True, split_test: str = "test") -> dict:
     """Probe accuracies (kNN k=200 and linear, paper G §5) on h, h_r, h_n, z and ranks.
@@ -274,7 +279,7 @@ def evaluate(ctx: Context, checkpoint: Path, *, probes: tuple[str, ...] = ("knn"
     L-BFGS at cpu scale, G's 200-epoch Adam otherwise). Cached beside the checkpoint.
     """
     from repdiag.diagnose import probe_report, rank_report
-    from repdiag.diagnostics import nullspace
+    from repdiag.diagnostics import nullspace, probe_request
 
     settings = {"probes": list(probes), "on": list(on) if on else None, "rank": rank,
                 "linear": ctx.scale.linear_preset, "limit": ctx.scale.eval_limit, "v": 1}
@@ -289,8 +294,8 @@ def evaluate(ctx: Context, checkpoint: Path, *, probes: tuple[str, ...] = ("knn"
     names = on or (("h", "h_r", "h_n", "z") if has_split and test.z is not None else ("h",))
     out: dict = {"checkpoint": str(checkpoint), "accuracy": {}}
     for probe in probes:
-        preset = ctx.scale.linear_preset if probe == "linear" else None
-        rep = probe_report(src, probe, names, preset=preset)
+        rep = probe_report(src, probe_request(
+            probe, ctx.scale.linear_preset if probe == "linear" else None), names)
         out["accuracy"][probe] = rep["accuracy"]
         out.setdefault("protocol", {})[probe] = rep["protocol"]
         if "undefined" in rep:

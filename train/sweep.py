@@ -54,6 +54,7 @@ import yaml
 
 from repdiag.checkpoint import atomic_write_text
 from repdiag.data.paths import missing_folders, remove_empty_folders
+from repdiag.diagnostics.probes import PROBE_KINDS, SPEC_HELP, parse_probe
 from repdiag.errors import UserError
 from repdiag.runs import RunLock, repair_best, run_checkpoint
 from train.config import MAX_SEED, TrainConfig, load_config
@@ -62,7 +63,6 @@ from train.yaml_data import load_yaml, read_yaml_file
 
 GRID_KEYS = ("base", "set", "grid", "seeds", "probes", "checkpoint")
 CHECKPOINT_CHOICES = ("best", "last")
-PROBE_KINDS = ("knn", "linear")
 BOOKKEEPING = ("epoch", "lr", "seconds", "images_per_s")
 STATS = ("min", "max", "mean", "range", "iqr", "std")
 MAX_NAME = 100
@@ -152,8 +152,12 @@ def read_grid(path: str | os.PathLike) -> Grid:
         probes = []
     if not isinstance(probes, list) or any(
             not isinstance(p, str) or p.partition(":")[0] not in PROBE_KINDS for p in probes):
-        raise UserError(f"{path}: 'probes' must be a list of knn, linear or PROBE:PRESET "
-                        "(e.g. linear:s); [] turns them off")
+        raise UserError(f"{path}: 'probes' must be a list of {SPEC_HELP}; [] turns them off")
+    for spec in probes:  # an unknown preset fails here, not after the runs are trained
+        try:
+            parse_probe(spec)
+        except UserError as e:
+            raise UserError(f"{path}: 'probes' entry '{spec}': {e}") from None
     checkpoint = tree.get("checkpoint")
     if checkpoint is not None and checkpoint not in CHECKPOINT_CHOICES:
         raise UserError(f"{path}: 'checkpoint' must be best (lowest validation loss) or last, "
@@ -181,14 +185,12 @@ def probe_accuracies(run_dir: Path, probes: list[str], select: str = "last") -> 
     if cached.get("_checkpoint") != stamp:
         cached = {"_checkpoint": stamp}
     src = None
-    for spec in probes:
-        kind, _, preset = spec.partition(":")
-        preset = preset or {"knn": "g", "linear": "fast"}[kind]
-        if all(f"{kind}_{preset}_{f}" in cached for f in ("h", "z")):
+    for req in map(parse_probe, probes):
+        if all(req.column(f) in cached for f in ("h", "z")):
             continue
         src = src or FeatureSource(ckpt)
-        rep = probe_report(src, kind, ("h", "z"), preset=preset)
-        cached.update({f"{kind}_{preset}_{f}": acc for f, acc in rep["accuracy"].items()})
+        rep = probe_report(src, req, ("h", "z"))
+        cached.update({req.column(f): acc for f, acc in rep["accuracy"].items()})
     checked(cache_file, lambda: atomic_write_text(cache_file, json.dumps(cached)))
     return {"checkpoint": ckpt.name, **{k: v for k, v in cached.items() if not k.startswith("_")}}
 
