@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:  # `python analyses/x.py` from a checkout without 
 import torch  # noqa: E402
 
 from repdiag.devices import check_device  # noqa: E402
-from repdiag.diagnostics.probes import DEFAULT_KNN_PRESET, KNN_PRESETS  # noqa: E402
+from repdiag.diagnostics.probes import DEFAULT_KNN_PRESET, KNN_PRESETS, PROBE_KINDS  # noqa: E402
 from repdiag.errors import UserError  # noqa: E402
 
 SCALES = ("cpu", "gpu", "paper", "smoke")
@@ -270,7 +270,7 @@ def _digest(path: Path) -> str:
 KNN = KNN_PRESETS[DEFAULT_KNN_PRESET]
 
 
-def evaluate(ctx: Context, checkpoint: Path, *, probes: tuple[str, ...] = ("knn", "linear"),
+def evaluate(ctx: Context, checkpoint: Path, *, probes: tuple[str, ...] = PROBE_KINDS,
              on: tuple[str, ...] | None = None, rank: bool = True, split_test: str = "test") -> dict:
     """Probe accuracies (kNN k=200 and linear, paper G §5) on h, h_r, h_n, z and ranks.
 
@@ -474,7 +474,7 @@ def last(folder: Path) -> Path:
 
 
 def method_table(ctx: Context, paper: str, methods: list[tuple[str, str, list[str]]],
-                 reference: str, probes: tuple[str, ...] = ("knn", "linear")):
+                 reference: str, probes: tuple[str, ...] = PROBE_KINDS):
     """Train (or reuse) each method's runs over the seeds and score h; a DataFrame and raw numbers.
 
     ``methods`` holds (label, run name, overrides); a callable in place of the overrides is
