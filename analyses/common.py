@@ -22,6 +22,7 @@ from outputs import ROOT, git_commit, log, pm
 from scales import SCALE_TABLE, SCALES, Scale
 
 from repdiag.devices import check_device
+from repdiag.diagnostics.probes import DEFAULT_KNN_PRESET, KNN_PRESETS, PROBE_KINDS
 from repdiag.errors import UserError
 
 
@@ -160,7 +161,11 @@ def ensure_run(ctx: Context, paper: str, name: str, overrides: list[str], seed: 
 
 
 # --------------------------------------------------------------------------- evaluation
-def evaluate(ctx: Context, checkpoint: Path, *, probes: tuple[str, ...] = ("knn", "linear"),
+#: the kNN protocol :func:`evaluate` runs: repdiag's default preset, paper G's k = 200, cosine, T = 0.5
+KNN = KNN_PRESETS[DEFAULT_KNN_PRESET]
+
+
+def evaluate(ctx: Context, checkpoint: Path, *, probes: tuple[str, ...] = PROBE_KINDS,
              on: tuple[str, ...] | None = None, rank: bool = True, split_test: str = "test") -> dict:
     """Probe accuracies (kNN k=200 and linear, paper G §5) on h, h_r, h_n, z and ranks.
 
@@ -179,7 +184,7 @@ def evaluate(ctx: Context, checkpoint: Path, *, probes: tuple[str, ...] = ("knn"
 def _measure(ctx: Context, checkpoint: Path, probes: tuple[str, ...],
              on: tuple[str, ...] | None, rank: bool) -> dict:
     from repdiag.diagnose import probe_report, rank_report
-    from repdiag.diagnostics import nullspace
+    from repdiag.diagnostics import nullspace, probe_request
 
     t0 = time.time()
     src = source(ctx, checkpoint)
@@ -188,8 +193,8 @@ def _measure(ctx: Context, checkpoint: Path, probes: tuple[str, ...],
     names = on or (("h", "h_r", "h_n", "z") if has_split and test.z is not None else ("h",))
     out: dict = {"checkpoint": str(checkpoint), "accuracy": {}}
     for probe in probes:
-        preset = ctx.scale.linear_preset if probe == "linear" else None
-        rep = probe_report(src, probe, names, preset=preset)
+        rep = probe_report(src, probe_request(
+            probe, ctx.scale.linear_preset if probe == "linear" else None), names)
         out["accuracy"][probe] = rep["accuracy"]
         out.setdefault("protocol", {})[probe] = rep["protocol"]
         if "undefined" in rep:
@@ -240,7 +245,7 @@ def last(folder: Path) -> Path:
 
 
 def method_table(ctx: Context, paper: str, methods: list[tuple[str, str, list[str]]],
-                 reference: str, probes: tuple[str, ...] = ("knn", "linear")):
+                 reference: str, probes: tuple[str, ...] = PROBE_KINDS):
     """Train (or reuse) each method's runs over the seeds and score h; a DataFrame and raw numbers.
 
     ``methods`` holds (label, run name, overrides); a callable in place of the overrides is

@@ -36,7 +36,8 @@ def plot(acc: dict, init: list):
     fig, ax = plt.subplots(figsize=(7, 3.8))
     plotting.grouped_bars(ax, labels, {name: [[100 * a[probe]["h"] for a in g] for g in groups]
                                        for probe, name in (("linear", "linear probe"),
-                                                           ("knn", "kNN (k=200)"))}, rotation=12)
+                                                           ("knn", f"kNN (k={common.KNN['k']})"))},
+                           rotation=12)
     lo = min(100 * a[p]["h"] for g in groups for a in g for p in ("linear", "knn"))
     ax.set_ylim(max(0, lo - 10), 100)
     ax.set_ylabel("test accuracy on h (%)")
@@ -61,8 +62,9 @@ def main() -> int:
               "kNN on h (%)": outputs.pm([a["knn"]["h"] for a in accs])} for k, accs in res["acc"].items()]
     outputs.write_table(ctx, "g_fig3_linear_eval_table", pd.DataFrame(rows),
                        title="G Fig. 3: test accuracy on h (mean ± std over seeds)",
-                       notes=[f"Linear probe preset `{ctx.scale.linear_preset}`; kNN k = 200, "
-                              "cosine, T = 0.5; train split = probe training set."])
+                       notes=[f"Linear probe preset `{ctx.scale.linear_preset}`; kNN k = "
+                              f"{common.KNN['k']}, {common.KNN['distance']}, T = "
+                              f"{common.KNN['temperature']:g}; train split = probe training set."])
     return 0
 
 

@@ -82,7 +82,8 @@ def main() -> int:
             rows.append(row)
     outputs.write_table(ctx, "g_fig4_nullspace_table", pd.DataFrame(rows),
                        title="G Fig. 4: probes on h, h_r, h_n, z (mean ± std over seeds)",
-                       notes=[f"Linear probe preset `{ctx.scale.linear_preset}`; kNN k = 200, T = 0.5. "
+                       notes=[f"Linear probe preset `{ctx.scale.linear_preset}`; kNN k = "
+                              f"{common.KNN['k']}, T = {common.KNN['temperature']:g}. "
                               "h_r = A⁺A h, h_n = h − h_r for the head's first linear map A.",
                               "Control: for a linear head z = A h_r (+ b) is an invertible map of "
                               "h_r, so a perfect probe gives h_r − z = 0; its spread is the probe's "

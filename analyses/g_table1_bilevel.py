@@ -33,7 +33,7 @@ def main() -> int:
     outputs.write_table(ctx, "g_table1_bilevel", df,
                        title="G Table 1: bilevel vs SimCLR, fixed random head, DirectCLR "
                              "(test accuracy on h, mean ± std over seeds)",
-                       notes=[f"Linear probe preset `{ctx.scale.linear_preset}`; kNN k = 200. "
+                       notes=[f"Linear probe preset `{ctx.scale.linear_preset}`; kNN k = {common.KNN['k']}. "
                               "Differences are paired by seed (same initialisation and data order)."],
                        accuracy=raw)
     return 0

@@ -18,6 +18,15 @@ import pandas as pd
 
 from repdiag import diagnose
 from repdiag.devices import check_device
+from repdiag.diagnostics.probes import (
+    DEFAULT_KIND,
+    DEFAULT_LINEAR_PRESET,
+    PROBE_KINDS,
+    preset_help,
+    preset_names,
+    probe_request,
+    protocol_lines,
+)
 from repdiag.errors import UserError
 from repdiag.features import FeatureSource, parse_normalize
 from repdiag.importers import parse_key_map
@@ -81,15 +90,15 @@ def add_diagnostic_parsers(sub) -> None:
         if name in ("spectrum", "rank", "tsne"):
             p.add_argument("--split", default="test", help="train, val or test (default test)")
         if name == "layers":
-            p.add_argument("--probe", default="knn", choices=("knn", "linear"),
-                           help="knn (default) or linear: the linear probe (preset fast) besides kNN")
-            p.add_argument("--preset", help="kNN protocol preset: g (default), lightly, solo, "
-                                            "solo-cosine")
+            p.add_argument("--probe", default=DEFAULT_KIND, choices=PROBE_KINDS,
+                           help=f"knn (default) or linear: the linear probe (preset "
+                                f"{DEFAULT_LINEAR_PRESET}) besides kNN")
+            p.add_argument("--preset", help=f"kNN protocol preset: {preset_names('knn')}")
             p.add_argument("--seed", type=int, default=0)
         if name in ("probe", "nullspace", "report"):
-            p.add_argument("--probe", default="knn", help="knn or linear (default knn)")
-            p.add_argument("--preset", help="probe protocol preset: knn g|lightly|solo|solo-cosine, "
-                                            "linear fast|g|s")
+            p.add_argument("--probe", default=DEFAULT_KIND, choices=PROBE_KINDS,
+                           help=f"{' or '.join(PROBE_KINDS)} (default {DEFAULT_KIND})")
+            p.add_argument("--preset", help=f"probe protocol preset: {preset_help()}")
             p.add_argument("--seed", type=int, default=0)
         if name in ("probe", "tsne"):
             p.add_argument("--on", help="comma list of h, h_r, h_n, z (default h,z; h alone "
@@ -155,10 +164,10 @@ def check_options(args) -> None:
     if getattr(args, "out", None):
         check_out(args.out)
     parse_key_map(args.key_map)
-    if args.command == "layers":  # kNN always; --probe linear adds the fast linear probe
-        diagnose.check_probe_options("knn", args.preset)
-    elif getattr(args, "probe", None) is not None:
-        diagnose.check_probe_options(args.probe, args.preset)
+    if getattr(args, "probe", None) is not None:  # --probe and --preset, parsed once
+        # layers: kNN always (--preset is its preset); --probe linear adds the fast linear probe
+        args.probe_request = probe_request("knn" if args.command == "layers" else args.probe,
+                                           args.preset)
     seed = getattr(args, "seed", None)
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise UserError(f"--seed must be an integer in 0..2^63-1, got {seed}")
@@ -241,33 +250,6 @@ def _fmt_pct(x: float | None) -> str:
     if x is None:
         return "—"
     return f"{100 * x:.2f}" if isinstance(x, float) and math.isfinite(x) else "-"
-
-
-def protocol_header(report: dict) -> list[str]:
-    """The lines above a probe table naming the protocol (preset) that produced its numbers."""
-    p = report["protocol"]
-    if p.get("name") == "knn":
-        vote = "exp(sim/T)" if p["distance"] == "cosine" else p.get("weight", "")
-        return [f"probe: kNN, preset {p['preset']}: k={p['k']}, {p['distance']}, vote {vote}, "
-                f"T={p['temperature']:g}", f"  ({p['source']})"]
-    preset = p.get("preset")
-    if preset == "fast":
-        what = ("standardised features, full-batch L-BFGS on scikit-learn's logistic objective "
-                f"(C={p['C']:g}, at most {p['max_iter']} iterations); not paper G's protocol "
-                "(--preset g)")
-    elif preset == "g":
-        what = (f"paper G: nn.Linear, Adam lr {p['lr']:g}, wd {p['weight_decay']:g}, batch "
-                f"{p['batch_size']}, {p['epochs']} epochs, last epoch")
-    elif preset == "s":
-        what = ("paper S: logistic regression on 70/10/20 of the test split, SGD lr "
-                f"{p['lr']:g}, batch {p['batch_size']}, {p['epochs']} epochs, best validation loss")
-    else:
-        what = str(preset)
-    lines = [f"probe: linear, preset {preset}: {what}"]
-    if p.get("standardize") and "h_n" in report["accuracy"]:
-        lines.append("  (per-coordinate standardisation makes the probes on h and h_n different "
-                     "problems, so h_n can beat h; --preset g compares them as paper G does)")
-    return lines
 
 
 def undefined_notes(labels: list[str], reports: list[dict]) -> list[str]:
@@ -371,12 +353,12 @@ def run_probe(args: argparse.Namespace) -> int:
     sources = _sources(args)
     _out_dir(args)
     labels = _labels(sources)
-    reports = [diagnose.probe_report(s, args.probe, args.on, preset=args.preset, seed=args.seed)
-               for s in sources]
-    _probe_figure(args, labels, reports, f"probe_{args.probe}")
+    req = args.probe_request
+    reports = [diagnose.probe_report(s, req, args.on, seed=args.seed) for s in sources]
+    _probe_figure(args, labels, reports, f"probe_{req.kind}")
     _emit(args, reports, labels, _probe_rows(labels, reports, lambda r: {
         "probe": r["probe"], "train/test": f"{r['n_train']}/{r['n_test']}"}),
-        header=protocol_header(reports[0]), notes=undefined_notes(labels, reports))
+        header=protocol_lines(reports[0]), notes=undefined_notes(labels, reports))
     return 0
 
 
@@ -384,16 +366,16 @@ def run_nullspace(args: argparse.Namespace) -> int:
     sources = _sources(args)
     _out_dir(args)
     labels = _labels(sources)
-    reports = [diagnose.nullspace_report(s, args.probe, preset=args.preset, seed=args.seed)
-               for s in sources]
-    _probe_figure(args, labels, reports, f"nullspace_{args.probe}")
+    req = args.probe_request
+    reports = [diagnose.nullspace_report(s, req, seed=args.seed) for s in sources]
+    _probe_figure(args, labels, reports, f"nullspace_{req.kind}")
     _emit(args, reports, labels, _probe_rows(labels, reports, lambda r: {
         "probe": r["probe"],
         "head": "no head (A = I)" if r.get("undefined", {}).get("h_n", "").startswith("no head")
         else "x".join(map(str, r["head_shape"])),
         "head rank": r["head_rank"], "residual": f"{r['residual']:.1e}",
         "range energy (%)": _fmt_pct(r["energy_range"])}),
-        header=protocol_header(reports[0]), notes=undefined_notes(labels, reports))
+        header=protocol_lines(reports[0]), notes=undefined_notes(labels, reports))
     return 0
 
 
@@ -455,7 +437,7 @@ def run_report(args: argparse.Namespace) -> int:
     labels = _labels(sources)
     progress = None if args.json else (lambda text: print(f"[report] {text}", file=sys.stderr,
                                                           flush=True))
-    reports = build_report(sources, labels, probe=args.probe, preset=args.preset,
+    reports = build_report(sources, labels, probe=args.probe_request,
                            tsne_points=args.tsne_points, seed=args.seed, progress=progress)
     notes = undefined_notes(labels, [r.probes for r in reports])
     written = write_report(reports, out, title=args.title, class_names=sources[0].class_names(),
@@ -474,8 +456,8 @@ def run_layers(args: argparse.Namespace) -> int:
     out = _out_dir(args)
     sources = _sources(args)
     labels = _labels(sources)
-    probes = ("knn", "linear") if args.probe == "linear" else ("knn",)
-    reports = [layers_report(s, probes=probes, preset=args.preset, seed=args.seed)
+    probes = PROBE_KINDS if args.probe == "linear" else ("knn",)
+    reports = [layers_report(s, probes=probes, preset=args.probe_request.preset, seed=args.seed)
                for s in sources]
     rows = []
     for lab, rep in zip(labels, reports, strict=True):

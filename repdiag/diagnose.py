@@ -20,11 +20,11 @@ from repdiag.diagnostics import (
     rank,
     spectrum,
 )
+from repdiag.diagnostics.probes import DEFAULT_KIND, ProbeRequest, as_request
 from repdiag.errors import UserError
 from repdiag.features import FeatureSet, FeatureSource
 
 FEATURE_NAMES = ("h", "h_r", "h_n", "z")
-PROBES = ("knn", "linear")
 CONVERGENCE_KEYS = ("final_loss", "grad_norm", "max_abs_grad", "n_iter")
 
 
@@ -64,24 +64,6 @@ def _rank_dict(x: torch.Tensor, rtol: float | None) -> dict:
     return d
 
 
-def _check_probe(probe: str) -> None:
-    if probe not in PROBES:
-        raise UserError(f"unknown probe '{probe}' (--probe); use one of: {', '.join(PROBES)}")
-
-
-def check_probe_options(probe: str, preset: str | None) -> None:
-    """``--probe`` and ``--preset`` checked together, before any features are read."""
-    from repdiag.diagnostics import KNN_PRESETS, LINEAR_PRESETS
-
-    _check_probe(probe)
-    if preset is None:
-        return
-    presets, what = (KNN_PRESETS, "kNN") if probe == "knn" else (LINEAR_PRESETS, "linear-probe")
-    if preset not in presets:
-        raise UserError(f"unknown {what} preset '{preset}' (--preset); with --probe {probe} "
-                        f"choose one of {', '.join(presets)}")
-
-
 def _parse_on(on: str | tuple[str, ...], allowed: tuple[str, ...]) -> tuple[str, ...]:
     names = tuple(s.strip() for s in on.split(",")) if isinstance(on, str) else tuple(on)
     bad = [n for n in names if n not in allowed]
@@ -90,17 +72,18 @@ def _parse_on(on: str | tuple[str, ...], allowed: tuple[str, ...]) -> tuple[str,
     return names
 
 
-def probe_report(src: FeatureSource, probe: str = "knn",
+def probe_report(src: FeatureSource, probe: ProbeRequest | str = DEFAULT_KIND,
                  on: str | tuple[str, ...] | None = None, *, preset: str | None = None,
                  seed: int = 0) -> dict:
     """Probe accuracies on the test part for each of h, h_r, h_n, z (paper G Fig. 3-4).
 
-    ``on`` None probes h and z (h alone for features without a head output).
-    kNN: k=200, cosine, weighted vote exp(sim/T), T=0.5 (preset "g"); linear:
-    preset "fast" unless another is named. The train part is the probe's
-    training set; nothing is selected on test.
+    ``probe`` is a :class:`~repdiag.diagnostics.probes.ProbeRequest`, or a kind
+    ("knn", "linear") with an optional ``preset`` (default: kNN "g", k=200,
+    cosine, weighted vote exp(sim/T), T=0.5; linear "fast"). ``on`` None probes
+    h and z (h alone for features without a head output). The train part is
+    the probe's training set; nothing is selected on test.
     """
-    _check_probe(probe)
+    req = as_request(probe, preset)
     train, test = src.get("train"), src.get("test")
     if on is None:  # h and z, or h alone when there is no head output
         on = ("h", "z") if train.z is not None and test.z is not None else ("h",)
@@ -115,34 +98,34 @@ def probe_report(src: FeatureSource, probe: str = "knn",
     if svd is not None and svd.rank == 0:  # A = 0: h_r = 0 and h_n = h exactly
         for n in ("h", "h_n"):
             if n in names and "h" not in results:
-                results["h"] = _probe(probe, train.h, train.y, test.h, test.y, preset, seed)
+                results["h"] = _probe(req, train.h, train.y, test.h, test.y, seed)
         if "h_n" in names:
             results["h_n"] = results["h"]
         if "h_r" in names:
             results["h_r"] = None
     elif svd is not None:  # h, h_r, h_n together, without forming h_r or h_n
-        if probe == "knn":
-            trio = knn_probe_split(train.h, train.y, test.h, test.y, svd.basis, preset=preset or "g")
+        if req.kind == "knn":
+            trio = knn_probe_split(train.h, train.y, test.h, test.y, svd.basis, preset=req.preset)
         else:
             trio = linear_probe_split(train.h, train.y, test.h, test.y, svd.basis,
-                                      preset=preset or "fast", seed=seed)
+                                      preset=req.preset, seed=seed)
         results.update({n: trio[n] for n in names if n in trio})
     for n in names:
         if n in results:
             continue
         tr, te = _pair(train, test, n)
-        results[n] = _probe(probe, tr, train.y, te, test.y, preset, seed)
+        results[n] = _probe(req, tr, train.y, te, test.y, seed)
     undefined = {}
     if "h_n" in names and (why := null_space_undefined(train.weight, svd)):
         undefined["h_n"] = why
     if results.get("h_r", 0) is None:
         undefined["h_r"] = "the head's map A is zero: its range is {0}, so h_r is identically 0"
     first = next(r for r in results.values() if r is not None)
-    out = {"probe": probe, "protocol": first.protocol,
+    out = {"probe": req.kind, "protocol": first.protocol,
            "accuracy": {n: None if n in undefined else float(results[n].accuracy)
                         for n in names},
            "n_train": first.n_train, "n_test": first.n_test}
-    if probe == "linear":  # how close each probe came to its training objective's optimum
+    if req.kind == "linear":  # how close each probe came to its training objective's optimum
         out["convergence"] = {n: {k: results[n].details[k] for k in CONVERGENCE_KEYS
                                   if k in results[n].details}
                               for n in names if results[n] is not None}
@@ -153,11 +136,11 @@ def probe_report(src: FeatureSource, probe: str = "knn",
     return out
 
 
-def _probe(probe: str, tr, ytr, te, yte, preset: str | None, seed: int):
-    """One kNN (preset g by default) or linear (preset fast) probe."""
-    if probe == "knn":
-        return knn_probe(tr, ytr, te, yte, preset=preset or "g")
-    return linear_probe(tr, ytr, te, yte, preset=preset or "fast", seed=seed)
+def _probe(req: ProbeRequest, tr, ytr, te, yte, seed: int):
+    """One kNN or linear probe, as ``req`` names it."""
+    if req.kind == "knn":
+        return knn_probe(tr, ytr, te, yte, preset=req.preset)
+    return linear_probe(tr, ytr, te, yte, preset=req.preset, seed=seed)
 
 
 def null_space_undefined(weight: torch.Tensor | None, svd=None) -> str | None:
@@ -188,20 +171,21 @@ def _pair(train: FeatureSet, test: FeatureSet, name: str) -> tuple:
     return train.z, test.z
 
 
-def nullspace_report(src: FeatureSource, probe: str = "knn", *, preset: str | None = None,
-                     seed: int = 0) -> dict:
+def nullspace_report(src: FeatureSource, probe: ProbeRequest | str = DEFAULT_KIND, *,
+                     preset: str | None = None, seed: int = 0) -> dict:
     """Range/null-space split of h under the head's first linear map (paper G eq. 4, Fig. 4).
 
     Reports the head's singular values and rank, the check max||A h_n||/max||A h||,
-    the share of ||h||^2 in the range, and probe accuracies on h, h_r, h_n, z.
+    the share of ||h||^2 in the range, and probe accuracies on h, h_r, h_n, z
+    (``probe`` and ``preset`` as :func:`probe_report`).
     """
-    _check_probe(probe)
+    req = as_request(probe, preset)
     test = src.get("test")
     if test.weight is None:
         raise UserError("nullspace needs the head's linear map (a checkpoint with a head, or a "
                         "feature file with head.weight)")
     on = ("h", "h_r", "h_n") + (("z",) if test.z is not None else ())
-    report = probe_report(src, probe, on, preset=preset, seed=seed)
+    report = probe_report(src, req, on, seed=seed)
     ns = nullspace(test.h, test.weight)
     report.update(head_rank=ns.head_rank, residual=ns.residual, tol=ns.tol,
                   energy_range=ns.energy_range,

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from repdiag.diagnostics import knn_probe, linear_probe, nullspace, rank
+from repdiag.diagnostics.probes import DEFAULT_LINEAR_PRESET, PROBE_KINDS
 from repdiag.errors import UserError
 
 _NAMES = {nn.Linear: "linear", nn.BatchNorm1d: "bn", nn.ReLU: "relu", nn.SiLU: "silu",
@@ -106,9 +107,9 @@ def layer_report(train_h: torch.Tensor, train_y: torch.Tensor, test_h: torch.Ten
     (:func:`repdiag.diagnostics.nullspace`, paper G eq. 4), and ``layer_rank``
     the numerical rank of W.
     """
-    bad = [p for p in probes if p not in ("knn", "linear")]
+    bad = [p for p in probes if p not in PROBE_KINDS]
     if bad:
-        raise UserError(f"unknown probe '{bad[0]}'; use knn or linear")
+        raise UserError(f"unknown probe '{bad[0]}'; use {' or '.join(PROBE_KINDS)}")
     stages = layer_outputs(head, train_h, test_h)
     rows = []
     prev_test = None
@@ -120,7 +121,7 @@ def layer_report(train_h: torch.Tensor, train_y: torch.Tensor, test_h: torch.Ten
             if probe == "knn":
                 res = knn_probe(tr, train_y, te, test_y, preset=preset)
             else:
-                res = linear_probe(tr, train_y, te, test_y, preset="fast", seed=seed)
+                res = linear_probe(tr, train_y, te, test_y, preset=DEFAULT_LINEAR_PRESET, seed=seed)
             row[probe] = float(res.accuracy)
         if isinstance(module, nn.Linear):
             ns = nullspace(prev_test, module.weight.detach().float().cpu())

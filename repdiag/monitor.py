@@ -81,14 +81,16 @@ def head_metrics(bank: FeatureSet, queries: FeatureSet, *, preset: str | None = 
     h_n's accuracy is None when A has full column rank (h_n ≡ 0).
     """
     from repdiag import diagnose
+    from repdiag.diagnostics.probes import probe_request
 
+    req = probe_request("knn", preset, option=False)
     src = _MemorySource(bank, queries)
     ranks = diagnose.rank_report(src, "test")
     if queries.weight is not None:
-        probes = diagnose.nullspace_report(src, "knn", preset=preset)
+        probes = diagnose.nullspace_report(src, req)
         energy = probes["energy_range"]
     else:
-        probes = diagnose.probe_report(src, "knn", ("h", "z"), preset=preset)
+        probes = diagnose.probe_report(src, req, ("h", "z"))
         energy = None
     acc = probes["accuracy"]
     return {"rankme_h": ranks["h"]["effective_rank"], "rankme_z": ranks["z"]["effective_rank"],
@@ -201,9 +203,9 @@ class HeadMonitor:
             raise UserError(f"every must be a positive integer, got {every!r}")
         if batch_size < 1:
             raise UserError(f"batch_size must be positive, got {batch_size}")
-        from repdiag.diagnostics.knn import _resolve
+        from repdiag.diagnostics.probes import knn_settings
 
-        _resolve(preset, None, None, None)  # an unknown preset fails here, not at epoch 1
+        knn_settings(preset)  # an unknown preset fails here, not at epoch 1
         self.backbone, self.head = backbone, head
         self.bank_x, self.bank_y = _as_pair(bank, "bank", max_bank)
         self.query_x, self.query_y = _as_pair(queries, "queries", max_queries)

@@ -25,6 +25,7 @@ import torch
 
 from repdiag import diagnose
 from repdiag.diagnostics import cka, tsne
+from repdiag.diagnostics.probes import DEFAULT_KIND, ProbeRequest, as_request
 from repdiag.errors import UserError
 from repdiag.features import FeatureSource
 
@@ -75,11 +76,15 @@ def _config_summary(src: FeatureSource) -> dict:
     return out
 
 
-def build_report(sources: list[FeatureSource], labels: list[str], *, probe: str = "knn",
+def build_report(sources: list[FeatureSource], labels: list[str], *,
+                 probe: ProbeRequest | str = DEFAULT_KIND,
                  preset: str | None = None, tsne_points: int = 2000, seed: int = 0,
                  progress=None, layers: bool = True,
                  monitor: dict[str, list[dict]] | None = None) -> list[ModelReport]:
     """The diagnostics of each model (G §3): spectra, ranks, probes, CKA(h, z), t-SNE.
+
+    ``probe``: a :class:`~repdiag.diagnostics.probes.ProbeRequest`, or a kind
+    with an optional ``preset`` (as :func:`repdiag.diagnose.probe_report`).
 
     ``layers``: also kNN accuracy, rank and RankMe after every layer of the head
     (checkpoints whose head has layers). ``monitor`` maps a label to the lines
@@ -87,7 +92,7 @@ def build_report(sources: list[FeatureSource], labels: list[str], *, probe: str 
     """
     if tsne_points < 0:
         raise UserError(f"--tsne-points must be >= 0 (0 skips the maps), got {tsne_points}")
-    diagnose.check_probe_options(probe, preset)
+    req = as_request(probe, preset, option=True)
     tests = []
     for label, src in zip(labels, sources, strict=True):  # every input checked before work
         if progress and src.checkpoint is not None:
@@ -104,11 +109,11 @@ def build_report(sources: list[FeatureSource], labels: list[str], *, probe: str 
         step("spectra and ranks")
         spectrum = diagnose.spectrum_report(src, "test")
         rank = diagnose.rank_report(src, "test")
-        step(f"{probe} probes")
+        step(f"{req.kind} probes")
         if test.weight is not None:
-            probes = diagnose.nullspace_report(src, probe, preset=preset, seed=seed)
+            probes = diagnose.nullspace_report(src, req, seed=seed)
         else:
-            probes = diagnose.probe_report(src, probe, preset=preset, seed=seed)
+            probes = diagnose.probe_report(src, req, seed=seed)
         cka_hz = float(cka(test.h, test.z)) if test.z is not None else None
         maps = {}
         if tsne_points:
@@ -125,7 +130,8 @@ def build_report(sources: list[FeatureSource], labels: list[str], *, probe: str 
             from repdiag.layers import layers_report
 
             step("kNN after every layer of the head")
-            stages = layers_report(src, preset=preset)["stages"]
+            # kNN after every layer: the request's preset when it is a kNN one, else kNN's default
+            stages = layers_report(src, preset=req.preset if req.kind == "knn" else None)["stages"]
         metrics = list(src.checkpoint.metrics) if src.checkpoint is not None else []
         reports.append(ModelReport(label=label, source=src.path, config=_config_summary(src),
                                    metrics=metrics, spectrum=spectrum, rank=rank, probes=probes,

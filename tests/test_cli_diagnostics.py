@@ -109,7 +109,7 @@ def test_extract_is_cached(ckpt, monkeypatch):
     ("text", ["rank"], "not a torch file"),
     ("shapes", ["rank"], "test.y must have shape"),
     ("nan", ["spectrum"], "contains NaN"),
-    ("good", ["probe", "--probe", "svm"], "unknown probe 'svm'"),
+    ("good", ["probe", "--probe", "svm"], "invalid choice: 'svm' (choose from 'knn', 'linear')"),
     ("good", ["probe", "--on", "q"], "--on takes a comma list"),
     ("missing", ["rank"], "no such"),
 ])

@@ -53,6 +53,7 @@ from pathlib import Path
 import yaml
 
 from repdiag.data.paths import remove_empty_folders
+from repdiag.diagnostics.probes import PROBE_KINDS, SPEC_HELP, parse_probe
 from repdiag.errors import UserError
 from repdiag.files import atomic_write_text
 from repdiag.runs import SELECT, RunLock, in_claimed_folder, run_checkpoint
@@ -62,7 +63,6 @@ from train.runstore import cached_evaluation, ensure_run
 from train.yaml_data import load_yaml, read_yaml_file
 
 GRID_KEYS = ("base", "set", "grid", "seeds", "probes", "checkpoint")
-PROBE_KINDS = ("knn", "linear")
 BOOKKEEPING = ("epoch", "lr", "seconds", "images_per_s")
 STATS = ("min", "max", "mean", "range", "iqr", "std")
 MAX_NAME = 100
@@ -152,8 +152,12 @@ def read_grid(path: str | os.PathLike) -> Grid:
         probes = []
     if not isinstance(probes, list) or any(
             not isinstance(p, str) or p.partition(":")[0] not in PROBE_KINDS for p in probes):
-        raise UserError(f"{path}: 'probes' must be a list of knn, linear or PROBE:PRESET "
-                        "(e.g. linear:s); [] turns them off")
+        raise UserError(f"{path}: 'probes' must be a list of {SPEC_HELP}; [] turns them off")
+    for spec in probes:  # an unknown preset fails here, not after the runs are trained
+        try:
+            parse_probe(spec)
+        except UserError as e:
+            raise UserError(f"{path}: 'probes' entry '{spec}': {e}") from None
     checkpoint = tree.get("checkpoint")
     if checkpoint is not None and checkpoint not in SELECT:
         raise UserError(f"{path}: 'checkpoint' must be best (lowest validation loss) or last, "
@@ -178,16 +182,14 @@ def probe_accuracies(run_dir: Path, probes: list[str], select: str = "last") -> 
     ckpt = run_checkpoint(run_dir, select)
     source = functools.cache(lambda: FeatureSource(ckpt))  # extracted once, if any probe runs
     out = {"checkpoint": ckpt.name}
-    for spec in probes:
-        kind, _, preset = spec.partition(":")
-        preset = preset or {"knn": "g", "linear": "fast"}[kind]
+    for req in map(parse_probe, probes):
 
-        def measure(kind=kind, preset=preset):
-            return {"accuracy": probe_report(source(), kind, ("h", "z"), preset=preset)["accuracy"]}
+        def measure(req=req):
+            return {"accuracy": probe_report(source(), req, ("h", "z"))["accuracy"]}
 
-        settings = [{"probe": kind, "preset": preset, "on": ["h", "z"], "v": 1}]
+        settings = [{"probe": req.kind, "preset": req.preset, "on": ["h", "z"], "v": 1}]
         acc = cached_evaluation(ckpt, settings, measure, check=_accuracies_of("h", "z"))["accuracy"]
-        out.update({f"{kind}_{preset}_{f}": acc[f] for f in ("h", "z")})
+        out.update({req.column(f): acc[f] for f in ("h", "z")})
     return out
 
 

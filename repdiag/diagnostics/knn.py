@@ -9,49 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from repdiag.diagnostics._common import ProbeResult, as_basis, as_labels, as_matrix, check_chunk
+from repdiag.diagnostics.probes import EUCLID_EPS, knn_protocol, knn_settings
 from repdiag.errors import UserError
 
-#: Protocol presets: paper G's and those of lightly and solo-learn (sources in KNN_PRESET_SOURCES).
-KNN_PRESETS: dict[str, dict[str, Any]] = {
-    "g": {"k": 200, "temperature": 0.5, "distance": "cosine"},
-    "lightly": {"k": 200, "temperature": 0.1, "distance": "cosine"},
-    "solo": {"k": 20, "temperature": 0.07, "distance": "euclidean"},
-    "solo-cosine": {"k": 20, "temperature": 0.07, "distance": "cosine"},
-}
-#: where each preset's numbers come from, carried in every result's protocol record
-KNN_PRESET_SOURCES: dict[str, str] = {
-    "g": ("paper G §5: k = 200; T = 0.5 is not published by G: it is the loss temperature "
-          "that leftthomas/SimCLR, the reference code G builds on, uses for its kNN monitor"),
-    "lightly": "lightly's knn_predict defaults (k = 200, T = 0.1)",
-    "solo": "solo-learn's online kNN defaults (k = 20, T = 0.07, Euclidean)",
-    "solo-cosine": "solo-learn's online kNN (k = 20, T = 0.07) with cosine distance",
-}
-EUCLID_EPS = 1e-5
 _NORM_EPS = 1e-12
 #: elements of one chunk x n_train score buffer (auto chunk size): large enough for chunks of
 #: ~1000 rows, which the GEMM needs to run efficiently (timed by bench/bench_diagnostics.py)
 _SIM_BUDGET = 2**26
-
-
-def _resolve(preset, k, temperature, distance) -> dict[str, Any]:
-    name = "g" if preset is None else preset
-    if name not in KNN_PRESETS:
-        raise UserError(f"unknown kNN preset {name!r}; choose one of {', '.join(KNN_PRESETS)}")
-    p = dict(KNN_PRESETS[name])
-    if k is not None:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise UserError(f"k must be a positive integer, got {k!r}")
-        p["k"] = k
-    if temperature is not None:
-        if not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise UserError(f"temperature must be positive, got {temperature!r}")
-        p["temperature"] = float(temperature)
-    if distance is not None:
-        p["distance"] = distance
-    if p["distance"] not in ("cosine", "euclidean"):
-        raise UserError(f"unknown kNN distance {p['distance']!r}; choose cosine or euclidean")
-    p["preset"] = name
-    return p
 
 
 def _prepare(train_x, train_y, test_x, test_y, num_classes, names=("train_x", "test_x")):
@@ -155,17 +119,8 @@ def _vote(vals: torch.Tensor, idx: torch.Tensor, euclid: bool, labels: torch.Ten
 
 def _result(pred, yte, p, n_train, k_used, extra=None) -> ProbeResult:
     acc = float((pred == yte).to(torch.float64).mean())
-    proto = {"name": "knn", "k": k_used, "k_requested": p["k"], "temperature": p["temperature"],
-             "preset": p["preset"], "distance": p["distance"],
-             "source": KNN_PRESET_SOURCES[p["preset"]]}
-    if p["distance"] == "euclidean":
-        proto["weight"] = f"1/(distance+{EUCLID_EPS:g})"
-    else:
-        proto["weight"] = "exp(cos/T)"
-    if extra:
-        proto.update(extra)
-    return ProbeResult(accuracy=acc, protocol=proto, n_train=int(n_train), n_test=int(yte.shape[0]),
-                       predictions=pred)
+    return ProbeResult(accuracy=acc, protocol=knn_protocol(p, k_used, extra), n_train=int(n_train),
+                       n_test=int(yte.shape[0]), predictions=pred)
 
 
 def knn_probe(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, k: int | None = None,
@@ -187,7 +142,7 @@ def knn_probe(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, k: int | 
     1/(distance + 1e-5) and T unused — solo-learn's default; "solo-cosine"
     k=20, T=0.07, cosine (solo-learn's cosine mode).
     """
-    p = _resolve(preset, k, temperature, distance)
+    p = knn_settings(preset, k, temperature, distance)
     tr, ytr, te, yte, dtype, C = _prepare(train_x, train_y, test_x, test_y, num_classes)
     k_used = min(p["k"], tr.shape[0])
     vals, idx = nearest_neighbours(te, tr, k_used, metric=p["distance"], chunk_size=chunk_size,
@@ -211,7 +166,7 @@ def knn_probe_split(train_h: Any, train_y: Any, test_h: Any, test_y: Any, basis:
     arguments as :func:`knn_probe`, whose predictions on explicitly formed h_r,
     h_n it reproduces up to round-off ties.  Returns {"h", "h_r", "h_n"}.
     """
-    p = _resolve(preset, k, temperature, distance)
+    p = knn_settings(preset, k, temperature, distance)
     tr, ytr, te, yte, dtype, C = _prepare(train_h, train_y, test_h, test_y, num_classes,
                                           names=("train_h", "test_h"))
     Q = as_basis(basis, tr.shape[1]).to(device=tr.device, dtype=dtype)

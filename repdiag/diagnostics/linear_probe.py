@@ -11,41 +11,8 @@ import torch.nn.functional as F
 
 from repdiag.diagnostics._common import ProbeResult, as_basis, as_labels, as_matrix
 from repdiag.diagnostics.logistic import Design, fit_lbfgs, fit_lbfgs_many
+from repdiag.diagnostics.probes import DEFAULT_LINEAR_PRESET, linear_protocol, linear_settings
 from repdiag.errors import UserError
-
-LINEAR_PRESETS: dict[str, dict[str, Any]] = {
-    "fast": {"C": 1.0, "max_iter": 100, "tolerance_grad": 1e-4, "standardize": True},
-    "g": {"epochs": 200, "lr": 1e-3, "weight_decay": 1e-6, "batch_size": 256,
-          "standardize": False},
-    "s": {"epochs": 50, "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.0, "batch_size": 32,
-          "split": (0.7, 0.1, 0.2), "standardize": False},
-}
-
-
-def _settings(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    if preset not in LINEAR_PRESETS:
-        raise UserError(f"unknown linear-probe preset {preset!r}; choose one of "
-                        f"{', '.join(LINEAR_PRESETS)}")
-    p = dict(LINEAR_PRESETS[preset])
-    for key, val in overrides.items():
-        if val is None:
-            continue
-        if key not in p or key == "split":
-            raise UserError(f"option {key!r} does not apply to linear-probe preset {preset!r}")
-        if key == "standardize":
-            p[key] = bool(val)
-            continue
-        if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
-            raise UserError(f"{key} must be a number, got {val!r}")
-        if key in ("epochs", "max_iter", "batch_size"):
-            if int(val) != val or val < 1:
-                raise UserError(f"{key} must be a positive integer, got {val!r}")
-            val = int(val)
-        elif val < 0 or (key in ("C", "lr") and val == 0):
-            raise UserError(f"{key} must be {'positive' if key in ('C', 'lr') else 'non-negative'}"
-                            f", got {val!r}")
-        p[key] = val
-    return p
 
 
 def _moments(x: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,7 +122,7 @@ def full_batch_convergence(lin: torch.nn.Linear, x: torch.Tensor, y: torch.Tenso
             "grad_norm": float(flat.norm()), "max_abs_grad": float(flat.abs().max())}
 
 
-def linear_probe(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, preset: str = "fast",
+def linear_probe(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, preset: str = DEFAULT_LINEAR_PRESET,
                  val_x: Any = None, val_y: Any = None, seed: int = 0, device: Any = None,
                  num_classes: int | None = None, epochs: int | None = None,
                  lr: float | None = None, weight_decay: float | None = None,
@@ -189,7 +156,7 @@ def linear_probe(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, preset
     ``details``; it selects nothing.  Runs on ``device`` (default: the features'
     device), in the features' float dtype; ``seed`` fixes init and shuffling.
     """
-    p = _settings(preset, {"epochs": epochs, "lr": lr, "weight_decay": weight_decay,
+    p = linear_settings(preset, {"epochs": epochs, "lr": lr, "weight_decay": weight_decay,
                            "batch_size": batch_size, "C": C, "max_iter": max_iter,
                            "standardize": standardize})
     te = as_matrix(test_x, "test_x")
@@ -258,21 +225,9 @@ def linear_probe(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, preset
     if xva is not None:
         details["val_accuracy"] = _acc(predict(xva), yva)
     pred = predict(te)
-    return ProbeResult(accuracy=_acc(pred, yte), protocol=_protocol(preset, p, seed, dtype),
+    return ProbeResult(accuracy=_acc(pred, yte), protocol=linear_protocol(preset, p, seed, dtype),
                        n_train=int(xtr.shape[0]), n_test=int(te.shape[0]), predictions=pred,
                        n_val=None if xva is None else int(xva.shape[0]), details=details)
-
-
-def _protocol(preset: str, p: dict, seed: int, dtype: torch.dtype) -> dict:
-    proto = {"name": "linear", "preset": preset, "seed": int(seed), "dtype": str(dtype), **p}
-    if preset == "fast":
-        proto.update(solver="lbfgs-strong-wolfe", objective="mean CE + 0.5/(C*N)*||W||^2")
-    elif preset == "g":
-        proto.update(optimizer="adam", selection="last epoch")
-    else:
-        proto.update(optimizer="sgd", scheduler="ReduceLROnPlateau(val loss)",
-                     selection="best validation loss", source="test split only")
-    return proto
 
 
 #: a range/null-space coordinate whose spread is below this fraction of h's is
@@ -332,7 +287,7 @@ def _split_designs(x: torch.Tensor, Q: torch.Tensor, standardize: bool,
 
 
 def linear_probe_split(train_h: Any, train_y: Any, test_h: Any, test_y: Any, basis: Any, *,
-                       preset: str = "fast", seed: int = 0, device: Any = None,
+                       preset: str = DEFAULT_LINEAR_PRESET, seed: int = 0, device: Any = None,
                        num_classes: int | None = None, **overrides: Any) -> dict[str, ProbeResult]:
     """Linear probes on h, h_r = A⁺A h and h_n = h − h_r (paper G eq. 4, Fig. 4).
 
@@ -362,7 +317,7 @@ def linear_probe_split(train_h: Any, train_y: Any, test_h: Any, test_y: Any, bas
         return {key: linear_probe(tr_parts[key], train_y, te_parts[key], test_y, preset=preset,
                                   seed=seed, device=device, num_classes=num_classes, **overrides)
                 for key in ("h", "h_r", "h_n")}
-    p = _settings(preset, overrides)
+    p = linear_settings(preset, overrides)
     dev = torch.device(device) if device is not None else te.device
     if train_h is None or train_y is None:
         raise UserError("linear-probe preset 'fast' needs train_h and train_y")
@@ -387,7 +342,7 @@ def linear_probe_split(train_h: Any, train_y: Any, test_h: Any, test_y: Any, bas
     for (key, design), (W, b, info) in zip(designs.items(), fits, strict=True):
         pred = design.logits(W, b, test_data[key]).argmax(dim=1)
         info["train_accuracy"] = _acc(design.logits(W, b).argmax(dim=1), ytr)
-        proto = {**_protocol(preset, p, seed, dtype), "features": key, "head_rank": int(Q.shape[1])}
+        proto = {**linear_protocol(preset, p, seed, dtype), "features": key, "head_rank": int(Q.shape[1])}
         out[key] = ProbeResult(accuracy=_acc(pred, yte), protocol=proto, n_train=int(xtr.shape[0]),
                                n_test=int(te.shape[0]), predictions=pred, details=info)
     return out
