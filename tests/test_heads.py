@@ -67,6 +67,9 @@ def test_from_options_carries_every_field_and_resolves_directclr_d0():
     (["head.init=he"], "unknown head init 'he'"),
     (["head.kind=sequential"], "a sequential head needs a non-empty layer list"),
     (["head.kind=directclr", "head.d0={over}"], "head.d0={over} must be in 1..{m} "),
+    # before the trainer would first train the autoencoder for ae_epochs
+    (["head.kind=ae", "head.bias=false"], "head.kind=ae needs head.bias=true"),
+    (["head.kind=ae", "head.ae_epochs=0"], "head.ae_epochs must be at least 1, got 0"),
 ])
 def test_a_bad_head_is_refused_by_the_config_before_any_work(tmp_path, capsys, extra, msg):
     cfg = load_config("fmnist-tiny", TINY)

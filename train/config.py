@@ -459,10 +459,8 @@ def check_memory(cfg: TrainConfig) -> None:
 
 
 def validate_ae_and_pretrained(cfg: TrainConfig) -> None:
-    """Paper S's autoencoder head and ImageNet-initialised backbone: what can be checked early."""
-    if cfg.head.kind == "ae":
-        if cfg.head.ae_epochs < 1:
-            raise UserError(f"head.ae_epochs must be at least 1, got {cfg.head.ae_epochs}")
+    """Paper S's ImageNet-initialised backbone: what can be checked early (its autoencoder
+    head is checked with the head section, :meth:`train.settings.HeadConfig.check`)."""
     if cfg.pretrained_backbone is not None:
         if cfg.pretrained_backbone != "imagenet":
             raise UserError(f"unknown pretrained_backbone '{cfg.pretrained_backbone}'; "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from repdiag.errors import UserError
 from repdiag.models import HeadOptions
 
 
@@ -31,6 +32,16 @@ class HeadConfig(HeadOptions):
     # kind "ae" without ae_checkpoint: the trainer first trains paper S's autoencoder on the
     # run's data (latent = hidden_dim) for this many epochs into OUT/autoencoder/
     ae_epochs: int = 100
+
+    def check(self, in_dim: int | None = None) -> None:
+        """:meth:`HeadOptions.check`, then the trainer's keys for kind ``ae``: the head needs a
+        bias (the autoencoder's embedding layer has one) and ``ae_epochs`` >= 1."""
+        super().check(in_dim)
+        if self.kind == "ae":
+            if self.ae_epochs < 1:
+                raise UserError(f"head.ae_epochs must be at least 1, got {self.ae_epochs}")
+            if not self.bias:
+                raise UserError("head.kind=ae needs head.bias=true (the embedding layer has a bias)")
 
 
 @dataclass
