@@ -134,6 +134,9 @@ def test_each_scheme_checks_its_own_config(monkeypatch):
 def test_the_pca_rule_is_the_schemes_own_and_documented():
     cfg = load_config("fmnist-tiny", ["data=synthetic", "scheme.kind=pca-top", "head.kind=mlp"])
     assert cfg.head.kind == "linear"
+    # settled before the head is checked: an MLP-only setting of the rewritten head is moot
+    one = load_config("fmnist-tiny", ["data=synthetic", "scheme.kind=pca-top", "head.num_layers=1"])
+    assert one.head.kind == "linear"
     doc = (Path(__file__).parent.parent / "docs" / "training.md").read_text()
     assert "a preset's MLP head becomes it" in doc
     backbone = build_backbone(BackboneSpec("resnet18", 0.125, True))

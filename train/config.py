@@ -221,8 +221,8 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith(("cuda", "mps")):
         raise UserError(f"unknown device '{cfg.device}'; use auto, cpu, cuda or cuda:N")
     _validate_compute(cfg)
+    SCHEMES[cfg.scheme.kind].check_config(cfg)  # first: it may settle head.kind (PCA)
     cfg.head.check()
-    SCHEMES[cfg.scheme.kind].check_config(cfg)
     check_head(cfg)
     _validate_scheme_fields(cfg)
 

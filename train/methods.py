@@ -26,7 +26,7 @@ class SimCLRMethod:
     :func:`~train.losses.nt_xent_sharded`: local anchors against the
     candidates of all ranks. Computations that every rank repeats on the
     same data (validation, the slow-optimal epoch-end fit) run with
-    ``sharded`` off (:meth:`Scheme.replicated`).
+    ``sharded`` off (:meth:`train.schemes.base.Scheme.replicated`).
     """
 
     world: World = SINGLE
