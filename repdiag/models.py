@@ -169,7 +169,7 @@ class HeadOptions:
     """What a projection head g: h -> z is, apart from the size m of its input.
 
     One description for both sides: a training config's ``head:`` section
-    (``train.config.HeadConfig`` adds the trainer's own keys to these) and a
+    (``train.settings.HeadConfig`` adds the trainer's own keys to these) and a
     checkpoint's :class:`HeadSpec` (which adds ``in_dim``). kind: ``none``
     (identity), ``linear``, ``mlp`` (Linear-[BN]-act-...-Linear), ``directclr``
     (z = h[:, :d0], no parameters), ``ae`` (paper S: an MLP without BN whose first
