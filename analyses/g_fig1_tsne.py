@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import common
 import numpy as np
+import outputs
 import torch
 
 
@@ -83,19 +84,19 @@ def main() -> int:
 
     ctx = common.cli_context(__doc__)
     res = compute(ctx)
-    common.write_figure(ctx, "g_fig1_tsne", plot(res["maps"], res["classes"]),
+    outputs.write_figure(ctx, "g_fig1_tsne", plot(res["maps"], res["classes"]),
                         title="G Fig. 1: t-SNE of h (test split, seed 0)",
                         measures=res["measures"])
     rows = []
     for kind, ms in res["measures"].items():
         rows.append({"head": common.G_HEADS[kind],
-                     "within-class share of variance (%)": common.pm(
+                     "within-class share of variance (%)": outputs.pm(
                          [m["within_class_share"] for m in ms]),
                      "RankMe of h": "{:.1f} ± {:.1f}".format(
-                         *common.mean_spread([m["rankme_h"] for m in ms])),
+                         *outputs.mean_spread([m["rankme_h"] for m in ms])),
                      "10-NN accuracy in the map, seed 0 (%)": round(
                          100 * ms[0]["map_10nn_accuracy"], 2)})
-    common.write_table(ctx, "g_fig1_tsne_measures", pd.DataFrame(rows),
+    outputs.write_table(ctx, "g_fig1_tsne_measures", pd.DataFrame(rows),
                        title="G Fig. 1, measured: how tightly h clusters by class",
                        notes=["Within-class share = tr(S_within)/tr(S_total) of the L2-normalised "
                               "test features h, mean ± std over seeds; G's claim predicts it grows "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import common
 import numpy as np
+import outputs
 import plotting
 
 
@@ -72,19 +73,19 @@ def main() -> int:
 
     ctx = common.cli_context(__doc__)
     res = compute(ctx)
-    common.write_figure(ctx, "g_fig2_spectrum_rank", plot(res["spectra"], res["ranks"], ctx.scale.g_out),
+    outputs.write_figure(ctx, "g_fig2_spectrum_rank", plot(res["spectra"], res["ranks"], ctx.scale.g_out),
                         title="G Fig. 2: spectra of Z and H, ranks", ranks=res["ranks"])
     rows = []
     for kind, rs in res["ranks"].items():
         def ms(key, rs=rs):
-            return "{:.1f} ± {:.1f}".format(*common.mean_spread([float(r[key]) for r in rs]))
+            return "{:.1f} ± {:.1f}".format(*outputs.mean_spread([float(r[key]) for r in rs]))
         rows.append({"head": common.G_HEADS[kind], "m": rs[0]["m"], "dim z": rs[0]["d"],
                      "rank(H)": ms("rank_h"), "rank(Z)": ms("rank_z"),
-                     "deficit rank(H) - rank(Z)": "{:.1f} ± {:.1f}".format(*common.mean_spread(
+                     "deficit rank(H) - rank(Z)": "{:.1f} ± {:.1f}".format(*outputs.mean_spread(
                          [float(r["rank_h"] - r["rank_z"]) for r in rs])),
                      "RankMe(H)": ms("rankme_h"), "RankMe(Z)": ms("rankme_z"),
                      "per seed rank(H)/rank(Z)": " ".join(f"{r['rank_h']}/{r['rank_z']}" for r in rs)})
-    common.write_table(ctx, "g_fig2_ranks", pd.DataFrame(rows),
+    outputs.write_table(ctx, "g_fig2_ranks", pd.DataFrame(rows),
                        title="G Fig. 2c: numerical and effective ranks of H and Z (test split)",
                        notes=["No head: Z = H (the loss acts on h). Rank: torch.linalg.matrix_rank "
                               "default cut-off on the float32 features of the "

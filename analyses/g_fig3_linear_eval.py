@@ -11,6 +11,7 @@ Adam 1e-3); kNN (k = 200) beside it. Mean ± std over seeds, test split.
 from __future__ import annotations
 
 import common
+import outputs
 import plotting
 
 
@@ -50,15 +51,15 @@ def main() -> int:
 
     ctx = common.cli_context(__doc__)
     res = compute(ctx)
-    common.write_figure(ctx, "g_fig3_linear_eval", plot(res["acc"], res["init"]),
+    outputs.write_figure(ctx, "g_fig3_linear_eval", plot(res["acc"], res["init"]),
                         title="G Fig. 3: linear evaluation of h by head", accuracy=res)
     rows = [{"model": "untrained backbone (epoch 0)",
-             "linear on h (%)": common.pm([a["linear"]["h"] for a in res["init"]]),
-             "kNN on h (%)": common.pm([a["knn"]["h"] for a in res["init"]])}]
+             "linear on h (%)": outputs.pm([a["linear"]["h"] for a in res["init"]]),
+             "kNN on h (%)": outputs.pm([a["knn"]["h"] for a in res["init"]])}]
     rows += [{"model": common.G_HEADS[k],
-              "linear on h (%)": common.pm([a["linear"]["h"] for a in accs]),
-              "kNN on h (%)": common.pm([a["knn"]["h"] for a in accs])} for k, accs in res["acc"].items()]
-    common.write_table(ctx, "g_fig3_linear_eval_table", pd.DataFrame(rows),
+              "linear on h (%)": outputs.pm([a["linear"]["h"] for a in accs]),
+              "kNN on h (%)": outputs.pm([a["knn"]["h"] for a in accs])} for k, accs in res["acc"].items()]
+    outputs.write_table(ctx, "g_fig3_linear_eval_table", pd.DataFrame(rows),
                        title="G Fig. 3: test accuracy on h (mean ± std over seeds)",
                        notes=[f"Linear probe preset `{ctx.scale.linear_preset}`; kNN k = 200, "
                               "cosine, T = 0.5; train split = probe training set."])

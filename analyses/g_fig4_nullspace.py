@@ -18,6 +18,7 @@ column "h_r − z" shows how far the probe is from that, beside "h_n − z".
 from __future__ import annotations
 
 import common
+import outputs
 import plotting
 
 FEATURES = ("h", "h_r", "h_n", "z")
@@ -66,20 +67,20 @@ def main() -> int:
 
     ctx = common.cli_context(__doc__)
     res = compute(ctx)
-    common.write_figure(ctx, "g_fig4_nullspace", plot(res, "linear"),
+    outputs.write_figure(ctx, "g_fig4_nullspace", plot(res, "linear"),
                         title="G Fig. 4: linear probes on h, h_r, h_n, z", evaluations=res)
     rows = []
     for kind, evs in res.items():
         for probe in ("linear", "knn"):
             row = {"head": HEADS[kind], "probe": probe}
             for f in FEATURES:
-                row[f"{f} (%)"] = common.pm([e["accuracy"][probe].get(f) for e in evs])
+                row[f"{f} (%)"] = outputs.pm([e["accuracy"][probe].get(f) for e in evs])
             row["h_n - z (pt), per seed"] = per_seed(evs, probe, "h_n", "z")
             row["control h_r - z (pt), per seed"] = per_seed(evs, probe, "h_r", "z") \
                 if kind != "mlp" else "—"
             row["dim null space"] = evs[0]["nullspace"]["head_shape"][1] - evs[0]["nullspace"]["head_rank"]
             rows.append(row)
-    common.write_table(ctx, "g_fig4_nullspace_table", pd.DataFrame(rows),
+    outputs.write_table(ctx, "g_fig4_nullspace_table", pd.DataFrame(rows),
                        title="G Fig. 4: probes on h, h_r, h_n, z (mean ± std over seeds)",
                        notes=[f"Linear probe preset `{ctx.scale.linear_preset}`; kNN k = 200, T = 0.5. "
                               "h_r = A⁺A h, h_n = h − h_r for the head's first linear map A.",

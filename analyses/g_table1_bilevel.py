@@ -13,6 +13,7 @@ seeds, with the paired per-seed difference to SimCLR.
 from __future__ import annotations
 
 import common
+import outputs
 
 
 def methods(ctx: common.Context) -> list:
@@ -29,7 +30,7 @@ def methods(ctx: common.Context) -> list:
 def main() -> int:
     ctx = common.cli_context(__doc__)
     df, raw = common.method_table(ctx, "g", methods(ctx), reference="SimCLR")
-    common.write_table(ctx, "g_table1_bilevel", df,
+    outputs.write_table(ctx, "g_table1_bilevel", df,
                        title="G Table 1: bilevel vs SimCLR, fixed random head, DirectCLR "
                              "(test accuracy on h, mean ± std over seeds)",
                        notes=[f"Linear probe preset `{ctx.scale.linear_preset}`; kNN k = 200. "

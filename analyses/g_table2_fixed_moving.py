@@ -14,6 +14,7 @@ seeds with the paired difference to SimCLR.
 from __future__ import annotations
 
 import common
+import outputs
 
 
 def methods(ctx: common.Context) -> list:
@@ -43,7 +44,7 @@ def main() -> int:
     ctx = common.cli_context(__doc__)
     df, raw = common.method_table(ctx, "g", methods(ctx), reference="Trainable: SimCLR",
                                   probes=("knn",))
-    common.write_table(ctx, "g_table2_fixed_moving", df,
+    outputs.write_table(ctx, "g_table2_fixed_moving", df,
                        title="G Table 2: fixed, moving and trainable linear heads "
                              "(kNN test accuracy on h, mean ± std over seeds)",
                        notes=["kNN k = 200, cosine, T = 0.5; differences paired by seed."],

@@ -18,7 +18,10 @@ import sys
 import time
 
 import common
+import outputs
 import torch
+
+from repdiag.files import atomic_write_text
 
 FEATURES = ("h", "h_r", "h_n", "z")
 MONITOR_FILE = "head_monitor.jsonl"
@@ -48,7 +51,7 @@ def monitor_hook(folder):
     def hook(trainer, epoch):
         if "mon" not in state:
             kept = [ln for ln in read_jsonl(path) if ln["epoch"] < epoch] if path.exists() else []
-            common.atomic_write(path, "".join(json.dumps(ln) + "\n" for ln in kept))
+            atomic_write_text(path, "".join(json.dumps(ln) + "\n" for ln in kept))
             bank, queries = monitor_sets(trainer.data, *trainer.input_norm, trainer.cfg.seed)
             state["mon"] = HeadMonitor(trainer.backbone, trainer.head, bank, queries, jsonl=path)
         state["mon"].step(epoch)
@@ -114,14 +117,14 @@ def main() -> int:
     ctx = common.context(args)
     ctx.seeds = (0,)
     t0 = time.time()
-    common.log(f"scale {ctx.scale.name}: {common.machine()}")
+    outputs.log(f"scale {ctx.scale.name}: {outputs.machine()}")
     runs = {k: v[0] for k, v in common.g_head_runs(ctx, epoch_hooks=[monitor_hook]).items()}
     evals = {}
     for kind, folder in runs.items():
-        common.log(f"evaluating {kind} (kNN and linear probes on h, h_r, h_n, z; ranks)")
+        outputs.log(f"evaluating {kind} (kNN and linear probes on h, h_r, h_n, z; ranks)")
         evals[kind] = common.evaluate(ctx, common.last(folder),
                                       on=None if kind != "none" else ("h",))
-    common.log("evaluating the untrained backbone (epoch 0; the same initialisation for all heads)")
+    outputs.log("evaluating the untrained backbone (epoch 0; the same initialisation for all heads)")
     init = common.evaluate(ctx, common.epoch0(runs["mlp"]), on=("h",), rank=False)["accuracy"]
     header = ["head", "rank h", "rank z", "deficit"] + [f"kNN {f}" for f in FEATURES] + \
              [f"lin {f}" for f in FEATURES]
@@ -142,7 +145,7 @@ def main() -> int:
           f"untrained {_pct(init['knn']['h'])} % ({gain:+.2f} pt)")
     from repdiag.layers import layers_report
 
-    common.log("kNN accuracy and rank after every layer of the MLP head")
+    outputs.log("kNN accuracy and rank after every layer of the MLP head")
     stages = layers_report(common.source(ctx, common.last(runs["mlp"])))["stages"]
     print("\nThrough the MLP head (test split; kNN %, numerical rank, RankMe):")
     print(render(["stage", "dim", "rank", "RankMe", "kNN"],
@@ -160,13 +163,13 @@ def main() -> int:
     if not args.no_report:
         from repdiag.report import build_report, write_report
 
-        common.log("writing the report (spectra, ranks, null-space probes, CKA, t-SNE)")
+        outputs.log("writing the report (spectra, ranks, null-space probes, CKA, t-SNE)")
         paths = [common.last(runs[k]) for k in runs] + [common.epoch0(runs["mlp"])]
         labels = [common.G_HEADS[k] for k in runs] + ["untrained backbone"]
         sources = [common.source(ctx, p) for p in paths]
         monitor = {common.G_HEADS[k]: monitor_lines(runs[k]) for k in runs}
         reports = build_report(sources, labels, tsne_points=2000, monitor=monitor,
-                               progress=lambda s: common.log(f"report: {s}"))
+                               progress=lambda s: outputs.log(f"report: {s}"))
         out = ctx.runs / "report"
         written = write_report(reports, out, title=f"repdiag main job ({ctx.scale.name} scale)",
                                class_names=sources[0].class_names())

@@ -12,6 +12,8 @@ on every dataset (+1.74 pt on average).
 from __future__ import annotations
 
 import common
+import outputs
+import s_grid
 
 
 def peak_rows(df) -> list[dict]:
@@ -27,12 +29,12 @@ def peak_rows(df) -> list[dict]:
                          "Z-score": bool(best["zscore"]), "seed": int(best["seed"]),
                          "test accuracy (%)": round(float(best["test"]), 2),
                          "runs": len(g),
-                         "per seed: selected test (%)": common.pm(per_seed, scale=1.0)})
+                         "per seed: selected test (%)": outputs.pm(per_seed, scale=1.0)})
     return rows
 
 
 def main() -> int:
-    return common.s_table_main(
+    return s_grid.s_table_main(
         __doc__, "s_table2_peak", peak_rows,
         title="S Table 2: peak test accuracy over all runs (and validation-selected)",
         notes=lambda ctx: [f"Linear probe on h (preset `{ctx.scale.linear_preset}`) trained on the "

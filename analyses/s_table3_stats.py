@@ -11,6 +11,7 @@ S's claims: ae has the higher average (every dataset) and a smaller midspread
 from __future__ import annotations
 
 import common
+import s_grid
 
 
 def stats_rows(df) -> list[dict]:
@@ -32,7 +33,7 @@ def stats_rows(df) -> list[dict]:
 
 
 def main() -> int:
-    return common.s_table_main(
+    return s_grid.s_table_main(
         __doc__, "s_table3_stats", stats_rows,
         title="S Table 3: test accuracy (%) statistics over runs, with (top) and without (bottom) "
               "Z-score",

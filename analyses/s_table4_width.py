@@ -10,6 +10,7 @@ the narrow widths, ae beats the wider mlp.
 from __future__ import annotations
 
 import common
+import s_grid
 
 
 def width_rows(df) -> list[dict]:
@@ -19,12 +20,12 @@ def width_rows(df) -> list[dict]:
     for factor, label in (("dim_g", "dim(g)"), ("dim_z", "dim(z)")):
         for value in sorted(df[factor].unique()):
             rows.append({"factor": label, "value": int(value),
-                         **common.s_head_averages(df[df[factor] == value])})
+                         **s_grid.s_head_averages(df[df[factor] == value])})
     return rows
 
 
 def main() -> int:
-    return common.s_table_main(
+    return s_grid.s_table_main(
         __doc__, "s_table4_width", width_rows,
         title="S Table 4: average test accuracy by projector width",
         notes=["One-factor-at-a-time grid: the base width holds most runs; the other widths only "

@@ -10,6 +10,8 @@ Imagenette average).
 from __future__ import annotations
 
 import common
+import outputs
+import s_grid
 
 
 def main() -> int:
@@ -17,9 +19,9 @@ def main() -> int:
 
     ctx = common.cli_context(__doc__)
     b = ctx.scale.s_base
-    configs = [common.SConfig("ae", "sigmoid", b["dim_g"], b["dim_z"], False, frozen=f)
+    configs = [s_grid.SConfig("ae", "sigmoid", b["dim_g"], b["dim_z"], False, frozen=f)
                for f in (True, False)]
-    df = common.s_results(ctx, configs)
+    df = s_grid.s_results(ctx, configs)
     rows = []
     for frozen, g in df.groupby("frozen", sort=False):
         rows.append({"embedding": "frozen" if frozen else "not frozen",
@@ -27,7 +29,7 @@ def main() -> int:
                      "avg (%)": round(float(g["test"].mean()), 2),
                      "std (%)": round(float(g["test"].std(ddof=1)), 2) if len(g) > 1 else 0.0,
                      "per seed (%)": " ".join(f"{v:.2f}" for v in g["test"]), "runs": len(g)})
-    common.write_table(ctx, "s_table6_frozen", pd.DataFrame(rows),
+    outputs.write_table(ctx, "s_table6_frozen", pd.DataFrame(rows),
                        title="S Table 6: frozen vs trainable autoencoder embedding (ae, sigmoid, "
                              f"dim(g) {b['dim_g']}, dim(z) {b['dim_z']}, no Z-score)",
                        runs=df.to_dict("records"))

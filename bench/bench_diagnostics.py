@@ -145,11 +145,11 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args()
     if args.device != "cpu" and not args.no_tsne:
-        from repdiag.diagnostics.tsne import resolve_device
+        from repdiag.devices import check_device
         from repdiag.errors import UserError
 
         try:
-            resolve_device(args.device)  # before any work
+            check_device(args.device, "t-SNE device")  # before any work
         except UserError as e:
             raise SystemExit(f"bench_diagnostics: {e}") from None
     n_train, n_test = int(50_000 * args.scale), int(10_000 * args.scale)

@@ -60,9 +60,9 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from repdiag.data import ImageSplit, load_dataset, make_synthetic, register  # noqa: E402
 from repdiag.data.registry import REGISTRY  # noqa: E402
+from repdiag.devices import resolve_device  # noqa: E402
 from repdiag.errors import UserError  # noqa: E402
 from train.config import TrainConfig, apply_overrides, validate  # noqa: E402
-from train.device import resolve_device  # noqa: E402
 
 DATASET_NAME = "bench-train-images"
 _IMAGES: dict[str, ImageSplit] = {}  # what the registered loader hands to our Trainer

@@ -24,7 +24,6 @@ import os
 import pickle
 import re
 import stat
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -33,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from repdiag.errors import UserError
-from repdiag.faults import fault_point
+from repdiag.errors import UserError, reason, user_error
+from repdiag.files import atomic_write
 from repdiag.importers import import_foreign
 from repdiag.inert_pickle import has_inert, load_inert, plain
 from repdiag.models import BackboneSpec, Head, HeadSpec, build_backbone, build_head
@@ -43,62 +42,9 @@ FORMAT = "repdiag-checkpoint"
 VERSION = 1
 
 
-def _atomic_write(path: str | os.PathLike, write, binary: bool = True) -> None:
-    """Call ``write(file)`` on a temp file beside ``path``, fsync it, then rename over ``path``.
-
-    A reader never sees a half-written file; a failure leaves the old file intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            fault_point(f"write:{path.name}:partial", lambda: os.truncate(tmp, f.tell() // 2))
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; files follow the umask
-        os.replace(tmp, path)
-        fault_point(f"write:{path.name}:written")
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
-    """Delete the hidden temp files an interrupted atomic write left in ``folder``
-    (``.NAME.XXXX.tmp``, e.g. after a SIGKILL during a checkpoint write)."""
-    removed = []
-    for tmp in Path(folder).glob(".*.tmp"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
-
-
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     """``torch.save(obj)`` to ``path`` atomically (temp file, fsync, rename)."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file, fsync, rename)."""
-    _atomic_write(path, lambda f: f.write(text), binary=False)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def safe_torch_load(path: str | os.PathLike, what: str = "file") -> object:
@@ -118,7 +64,7 @@ def safe_torch_load(path: str | os.PathLike, what: str = "file") -> object:
         with open(path, "rb") as f:
             magic = f.read(4)
     except OSError as e:
-        raise UserError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
+        raise user_error(f"{path}: cannot read the {what}", e) from None
     if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
         raise UserError(f"{path}: not a torch file (neither a torch.save zip archive nor a pickle)")
     if not magic.startswith(b"PK\x03\x04"):
@@ -132,7 +78,7 @@ def safe_torch_load(path: str | os.PathLike, what: str = "file") -> object:
     except pickle.UnpicklingError as e:
         name = _refused_global(e)
         if name is None:
-            raise UserError(f"{path}: not a readable torch file ({_first_line(e)})") from None
+            raise UserError(f"{path}: not a readable torch file ({reason(e)})") from None
         if magic.startswith(b"PK\x03\x04"):
             lightning = _lightning_parts(load_inert(path))
             if lightning is not None:
@@ -142,7 +88,7 @@ def safe_torch_load(path: str | os.PathLike, what: str = "file") -> object:
             "tensors and plain data (and the state_dict of Lightning checkpoints) so that no "
             "code in a file can run; save the model's state_dict() instead") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
-        raise UserError(f"{path}: truncated or not a torch file ({_first_line(e)})") from None
+        raise UserError(f"{path}: truncated or not a torch file ({reason(e)})") from None
 
 
 def legacy_message(path: str | os.PathLike, what: str = "file") -> str:
@@ -172,7 +118,7 @@ def check_regular_file(path: str | os.PathLike, what: str = "file") -> None:
     except FileNotFoundError:
         raise UserError(f"{path}: no such {what}") from None
     except OSError as e:
-        raise UserError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
+        raise user_error(f"{path}: cannot read the {what}", e) from None
     if stat.S_ISDIR(mode):
         raise UserError(f"{path}: is a directory, expected a {what}")
     if not stat.S_ISREG(mode):
@@ -202,11 +148,11 @@ def verify_zip(path: str | os.PathLike, what: str = "file", chunk: int = 1 << 22
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as e:
         if record is None:  # no readable zip directory at the end: cut short, or not a zip
             raise UserError(f"{path}: truncated or not a torch file (its zip directory is "
-                            f"unreadable: {_first_line(e)})") from None
+                            f"unreadable: {reason(e)})") from None
         raise UserError(f"{path}: damaged {what}: record '{record}' fails its integrity check "
-                        f"({_first_line(e)})") from None
+                        f"({reason(e)})") from None
     except OSError as e:
-        raise UserError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
+        raise user_error(f"{path}: cannot read the {what}", e) from None
 
 
 def _lightning_parts(raw: object) -> dict | None:
@@ -222,11 +168,6 @@ def _lightning_parts(raw: object) -> dict | None:
         if key in raw:
             out[key] = plain(raw[key])
     return out
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _refused_global(e: BaseException) -> str | None:

@@ -23,7 +23,7 @@ from repdiag.features import FeatureSource, parse_normalize
 from repdiag.importers import parse_key_map
 from repdiag.models import ACTIVATIONS, STEMS
 from repdiag.outputs import check_out, dumps, output_set
-from repdiag.runs import is_run_folder, run_checkpoint
+from repdiag.runs import SELECT, is_run_folder, run_checkpoint
 
 
 def add_diagnostic_parsers(sub) -> None:
@@ -51,7 +51,7 @@ def add_diagnostic_parsers(sub) -> None:
                        metavar="PREFIX=ROLE",
                        help="read a foreign checkpoint's keys under PREFIX as the backbone, the "
                             "head or ignore them (e.g. --map encoder.=backbone --map proj.=head)")
-        p.add_argument("--checkpoint", choices=("best", "last"),
+        p.add_argument("--checkpoint", choices=SELECT,
                        help="for a run folder: best.pt (lowest validation loss) or last.pt "
                             "(default: the run's own select)")
         p.add_argument("--data", help="dataset name (default: the one in the checkpoint)")

@@ -1,4 +1,7 @@
-"""Checking a torch device name a user gave, before any work starts."""
+"""Which torch device to use: checking a device name a user gave, before any work starts.
+
+The one place device names are read (diagnostics, t-SNE, the trainer).
+"""
 
 from __future__ import annotations
 
@@ -21,3 +24,12 @@ def check_device(name: str, what: str = "--device") -> torch.device:
         if index >= torch.cuda.device_count():
             raise UserError(f"{what} {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(name)
+
+
+def resolve_device(name: str | torch.device, what: str = "device") -> torch.device:
+    """``auto`` picks CUDA when present, CPU otherwise; any other name is checked by
+    :func:`check_device` (cpu, cuda, cuda:N present on this machine) and a bad one is a
+    one-line UserError naming ``what``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return check_device(str(name), what)

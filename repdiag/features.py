@@ -27,8 +27,9 @@ import torch
 
 from repdiag.augment import eval_transform
 from repdiag.checkpoint import Checkpoint, atomic_torch_save, load_checkpoint, safe_torch_load
+from repdiag.data.paths import cache_dir
 from repdiag.errors import UserError
-from repdiag.precision import autocast, resolve_precision
+from repdiag.files import file_digest
 
 CACHE_VERSION = 2  # 2: no z for checkpoints without a head
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -72,18 +73,11 @@ class FeatureBundle:
         return self.train.z is not None and self.test.z is not None
 
 
-def _file_digest(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def cache_dir() -> Path:
-    """Where extracted features are cached (``$REPDIAG_CACHE`` or ~/.cache/repdiag/features)."""
-    root = os.environ.get("REPDIAG_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "repdiag" / "features"
+def feature_cache_dir() -> Path:
+    """Where extracted features are cached: ``features/`` in repdiag's cache folder
+    (:func:`repdiag.data.paths.cache_dir`: ``$REPDIAG_CACHE``, else ``$XDG_CACHE_HOME/repdiag``,
+    else ``~/.cache/repdiag``)."""
+    return cache_dir() / "features"
 
 
 #: named input statistics for ``--normalize`` (CIFAR's as solo-learn trains with them)
@@ -159,17 +153,13 @@ def _dataset_kwargs(ck: Checkpoint, name: str) -> dict:
 def extract(checkpoint: str | os.PathLike | Checkpoint, data: str | None = None,
             split: str = "test", *, device: str | torch.device = "cpu", batch_size: int = 512,
             normalize: str = "auto", data_root: str | None = None, cache: bool = True,
-            limit: int | None = None, dataset=None, precision: str = "fp32") -> FeatureSet:
+            limit: int | None = None, dataset=None) -> FeatureSet:
     """Backbone features h and head outputs z of one dataset split (checkpoint -> model -> features).
 
     ``data`` defaults to the dataset recorded in the checkpoint's config.
     ``dataset`` may pass an already loaded :class:`repdiag.data.Dataset` (or a
     callable returning one, called only when the cache misses).
-    Eval mode, no augmentation, batched, no grad; cached on disk.
-    ``precision`` (``fp32``, ``bf16``, ``auto``: :mod:`repdiag.precision`, the
-    trainer's rule) runs the backbone and head forwards under bf16 autocast;
-    the features are returned as float32 either way, and every diagnostic
-    computes in float32 or float64.
+    Eval mode, no augmentation, batched, no grad, float32; cached on disk.
     """
     ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     name = data or ck.dataset
@@ -177,17 +167,14 @@ def extract(checkpoint: str | os.PathLike | Checkpoint, data: str | None = None,
         raise UserError(f"{ck.path}: no dataset recorded in the checkpoint; pass --data NAME")
     mean, std = _normalization(ck, normalize)
     dev = torch.device(device)
-    prec = resolve_precision(precision, dev)
     key = None
     if cache and os.path.isfile(ck.path):
-        parts = [CACHE_VERSION, _file_digest(ck.path), name, data_root, split,
+        parts = [CACHE_VERSION, file_digest(ck.path), name, data_root, split,
                  sorted(_dataset_kwargs(ck, name).items()), limit, mean, std, ck.key_map]
         if ck.source != "repdiag-checkpoint":  # how it was read (--stem, --head-activation)
             parts.append((repr(ck.backbone_spec), repr(ck.head_spec)))
-        if prec != "fp32":  # fp32 keys stay those of earlier versions
-            parts.append(("precision", prec))
         key = hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
-        hit = cache_dir() / f"{key}.pt"
+        hit = feature_cache_dir() / f"{key}.pt"
         if hit.exists():
             try:
                 return _featureset_from_dict(safe_torch_load(hit, "feature cache"), split)
@@ -204,9 +191,8 @@ def extract(checkpoint: str | os.PathLike | Checkpoint, data: str | None = None,
     hs, zs = [], []
     for i in range(0, len(part), batch_size):
         x = eval_transform(part.images[i:i + batch_size].to(dev), mean=mean, std=std)
-        with autocast(prec, dev):
-            h = backbone(x)
-            z = head(h)
+        h = backbone(x)
+        z = head(h)
         hs.append(h.float().cpu())
         zs.append(z.float().cpu())
     for what, parts in (("backbone features h", hs), ("head outputs z", zs)):
@@ -221,7 +207,7 @@ def extract(checkpoint: str | os.PathLike | Checkpoint, data: str | None = None,
                     split=split, meta={"checkpoint": str(ck.path), "data": name})
     if key is not None:
         try:
-            atomic_torch_save(_featureset_to_dict(fs), cache_dir() / f"{key}.pt")
+            atomic_torch_save(_featureset_to_dict(fs), feature_cache_dir() / f"{key}.pt")
         except Exception:  # noqa: BLE001 - any write failure (torch.save raises RuntimeError
             pass  # on a full disk, not OSError): the cache only costs time, so go on without it
     return fs

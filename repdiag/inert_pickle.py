@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import _weights_only_unpickler as _wo
 
-from repdiag.errors import UserError
+from repdiag.errors import UserError, reason
 
 
 class Inert(dict):
@@ -121,8 +121,8 @@ def load_inert(path: str | os.PathLike) -> Any:
         except UserError:
             raise
         except Exception as e:  # a damaged pickle: any unpickling error is the file's fault
-            raise UserError(f"{path}: damaged pickle in the torch archive ({type(e).__name__}: "
-                            f"{str(e)[:80]})") from None
+            raise UserError(f"{path}: damaged pickle in the torch archive "
+                            f"({reason(e, typed=True, limit=80)})") from None
 
 
 def plain(obj: Any, depth: int = 0) -> Any:

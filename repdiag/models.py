@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-from repdiag.errors import UserError
+from repdiag.errors import UserError, reason
 
 BACKBONES = {
     "resnet18": (tv_resnet.BasicBlock, (2, 2, 2, 2)),
@@ -138,7 +138,7 @@ def _timm_backbone(spec: BackboneSpec) -> nn.Module:
                                     **spec.kwargs)
     except (RuntimeError, TypeError, ValueError, AssertionError) as e:
         raise UserError(f"cannot build backbone {spec.name} {spec.kwargs}: "
-                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                        f"{reason(e)}") from None
     # the width of forward()'s output: timm's head_hidden_size where a pre-logits layer
     # follows the pooling (e.g. MobileNetV3), else num_features
     net.feature_dim = int(getattr(net, "head_hidden_size", None) or net.num_features)
@@ -405,11 +405,3 @@ def _layer(layer: dict) -> nn.Module:
 def build_head(spec: HeadSpec) -> Head:
     """Build the projection head described by ``spec``."""
     return Head(spec)
-
-
-@dataclass
-class ModelSpec:
-    """Backbone and head specs together, as stored in a checkpoint."""
-
-    backbone: BackboneSpec = field(default_factory=BackboneSpec)
-    head: HeadSpec = field(default_factory=HeadSpec)

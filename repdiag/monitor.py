@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from repdiag.errors import UserError
+from repdiag.errors import UserError, user_error
 from repdiag.features import FeatureSet
 
 #: keys of a monitor line, in order (besides epoch, n_bank, n_queries, seconds)
@@ -216,7 +216,7 @@ class HeadMonitor:
                 self.jsonl.parent.mkdir(parents=True, exist_ok=True)
                 self.jsonl.open("a").close()
             except OSError as e:
-                raise UserError(f"cannot write {self.jsonl}: {e.strerror or e}") from None
+                raise user_error(f"cannot write {self.jsonl}", e) from None
         self.every, self.preset, self.batch_size = every, preset, batch_size
         self.history: list[dict] = []
 
@@ -258,7 +258,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     try:
         text = Path(path).read_text()
     except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+        raise user_error(f"cannot read {path}", e) from None
     for i, raw in enumerate(text.splitlines(), 1):
         if raw.strip():
             try:

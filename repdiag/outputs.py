@@ -36,7 +36,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from repdiag.errors import UserError
+from repdiag.errors import UserError, reason, user_error
 from repdiag.faults import fault_point
 
 _TMP = re.compile(r"^\.(?P<name>.+)\.repdiag-(?P<pid>\d+)-[^.]+\.tmp$")
@@ -66,7 +66,7 @@ def check_out(out: str | os.PathLike, option: str = "--out") -> Path:
         with tempfile.TemporaryFile(dir=base):
             pass
     except OSError as e:
-        raise UserError(f"cannot write to {option} {out}: {e.strerror or e}") from None
+        raise user_error(f"cannot write to {option} {out}", e) from None
     return out
 
 
@@ -112,7 +112,7 @@ def output_set(out: str | os.PathLike, option: str = "--out") -> Iterator[Path]:
         os.umask(mask)
         os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; the published folder follows the umask
     except OSError as e:
-        raise UserError(f"cannot write to {option} {out}: {e.strerror or e}") from None
+        raise user_error(f"cannot write to {option} {out}", e) from None
     try:
         yield tmp
         _publish(tmp, out)
@@ -123,7 +123,7 @@ def output_set(out: str | os.PathLike, option: str = "--out") -> Iterator[Path]:
     except (OSError, RuntimeError) as e:
         if isinstance(e, RuntimeError) and not _is_write_error(e):
             raise
-        raise UserError(f"cannot write to {option} {out}: {_reason(e)}; nothing was "
+        raise UserError(f"cannot write to {option} {out}: {reason(e)}; nothing was "
                         "written") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -132,13 +132,6 @@ def output_set(out: str | os.PathLike, option: str = "--out") -> Iterator[Path]:
 def _is_write_error(e: RuntimeError) -> bool:
     text = str(e).lower()
     return any(w in text for w in ("write", "space", "disk", "file", "errno"))
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _publish(tmp: Path, out: Path) -> None:

@@ -17,7 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
-from repdiag.errors import UserError  # noqa: E402
+from repdiag.errors import user_error  # noqa: E402
+from repdiag.files import staged_write, sync_folder  # noqa: E402
 
 FEATURE_LABELS = {"h": "h (backbone)", "h_r": "h_r (range)", "h_n": "h_n (null space)",
                   "z": "z (head)"}
@@ -216,17 +217,17 @@ def save_figure(fig: plt.Figure, stem: str | os.PathLike, formats=("png", "pdf")
     temp file and no PNG without its PDF; it raises a UserError naming the file."""
     stem = Path(stem)
     finals = [stem.with_name(f"{stem.name}.{fmt}") for fmt in formats]
-    temps = [f.with_name(f".{f.name}.tmp") for f in finals]
+    temps: list[Path] = []
     try:
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        for fmt, tmp in zip(formats, temps, strict=True):
-            fig.savefig(tmp, format=fmt, dpi=150)
+        for fmt, final in zip(formats, finals, strict=True):
+            temps.append(staged_write(final, lambda f, fmt=fmt: fig.savefig(f, format=fmt, dpi=150)))
         for tmp, final in zip(temps, finals, strict=True):
             os.replace(tmp, final)
+        sync_folder(stem.parent)
     except OSError as e:
         for tmp in temps:
             tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write figure {finals[0]}: {e.strerror or e}") from None
+        raise user_error(f"cannot write figure {finals[0]}", e) from None
     finally:
         plt.close(fig)
     return finals

@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-from repdiag.errors import UserError
+from repdiag.errors import UserError, user_error
+from repdiag.files import atomic_copy
 
+#: which checkpoint stands for a run: ``best.pt`` (paper S) or ``last.pt`` (paper G)
 SELECT = ("best", "last")
+
+T = TypeVar("T")
 
 
 def is_run_folder(path: str | os.PathLike) -> bool:
@@ -111,7 +117,7 @@ class RunLock:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
-                raise UserError(f"cannot write to {self.folder}: {e.strerror or e}") from None
+                raise user_error(f"cannot write to {self.folder}", e) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -159,6 +165,40 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def in_claimed_folder(out: str | os.PathLike, work: Callable[[list[Path]], T], *,
+                      keep: Callable[[], bool], option: str = "--out") -> T:
+    """Create folder ``out`` (with its missing parents), lock it (:class:`RunLock`) and return
+    ``work(written)``, ``work`` appending each file it creates to ``written``.
+
+    When ``work`` fails and ``keep()`` is False (nothing worth keeping was made), the
+    files in ``written`` and the folders this call created are removed, so a failed
+    command leaves nothing behind; the lock is always released. A folder that cannot be
+    made is a one-line error naming ``option``.
+    """
+    from repdiag.data.paths import missing_folders, remove_empty_folders
+
+    out = Path(out)
+    created = missing_folders(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise user_error(f"cannot write to {option} {out}", e) from None
+    lock = RunLock(out)
+    written: list[Path] = []
+    try:
+        lock.acquire()
+        return work(written)
+    except BaseException:
+        if not keep():
+            for path in written:
+                path.unlink(missing_ok=True)
+            lock.release()
+            remove_empty_folders([p for p in created if p.exists()])
+        raise
+    finally:
+        lock.release()
 
 
 def _read_pid(fd: int) -> int | None:
@@ -215,23 +255,3 @@ def repair_best(folder: str | os.PathLike, epoch: int, metrics: list) -> bool:
             return False
     atomic_copy(source, best)
     return True
-
-
-def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Copy ``src`` to ``dst`` through a temp file beside ``dst`` (fsync, rename)."""
-    import shutil
-    import tempfile
-
-    dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        shutil.copymode(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -110,14 +110,14 @@ def test_a_folder_with_another_config_is_refused(work):
 
 def test_compact_configs_rebuild_every_full_config():
     sys.path.insert(0, str(ROOT / "analyses"))
-    import common
+    import outputs
 
     a = {"seed": 0, "head": {"kind": "mlp", "out_dim": 8}, "lr": 0.1}
     b = {"seed": 1, "head": {"kind": "mlp", "out_dim": 4}, "lr": 0.1}
-    out = common.compact_configs({"a": a, "b": b})
+    out = outputs.compact_configs({"a": a, "b": b})
     assert out["common"] == {"head.kind": "mlp", "lr": 0.1}
     assert out["runs"] == {"a": {"seed": 0, "head.out_dim": 8}, "b": {"seed": 1, "head.out_dim": 4}}
-    assert common.compact_configs({}) == {"common": {}, "runs": {}}
+    assert outputs.compact_configs({}) == {"common": {}, "runs": {}}
 
 
 def test_grouped_bars_draws_mean_and_sample_std_per_group():

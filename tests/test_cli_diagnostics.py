@@ -1,4 +1,6 @@
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,6 +94,8 @@ def test_every_command_on_a_checkpoint(ckpt, tmp_path, capsys):
 def test_extract_is_cached(ckpt, monkeypatch):
     first = extract(ckpt, "synthetic", "test")
     assert first.h.shape[0] == 256 and first.z.shape[1] == 8
+    entries = list((Path(os.environ["REPDIAG_CACHE"]) / "features").iterdir())  # conftest's folder
+    assert [p.suffix for p in entries] == [".pt"]
 
     def boom(*a, **k):
         raise AssertionError("dataset loaded although cached")

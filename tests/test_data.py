@@ -363,3 +363,27 @@ def test_image_split_validates():
         ImageSplit(
             torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64), ["a"]
         )
+
+
+def test_one_cache_folder_rule_repdiag_cache_then_xdg_then_home(monkeypatch, tmp_path):
+    from repdiag.data.paths import cache_dir, candidate_dirs, download_dir
+    from repdiag.features import feature_cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("REPDIAG_CACHE", str(tmp_path / "own"))
+    monkeypatch.delenv("REPDIAG_DATA", raising=False)
+    assert cache_dir() == tmp_path / "own"  # $REPDIAG_CACHE wins over $XDG_CACHE_HOME
+    assert feature_cache_dir() == tmp_path / "own" / "features"
+    assert download_dir("cifar10", None) == tmp_path / "own" / "cifar10"
+    assert candidate_dirs("cifar10", None)[-1] == tmp_path / "own" / "cifar10"
+    monkeypatch.delenv("REPDIAG_CACHE")
+    assert cache_dir() == tmp_path / "xdg" / "repdiag"
+    assert feature_cache_dir() == tmp_path / "xdg" / "repdiag" / "features"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_dir() == tmp_path / "home" / ".cache" / "repdiag"
+    assert feature_cache_dir() == tmp_path / "home" / ".cache" / "repdiag" / "features"
+    assert download_dir("cifar10", None) == tmp_path / "home" / ".cache" / "repdiag" / "cifar10"
+    monkeypatch.setenv("REPDIAG_DATA", str(tmp_path / "data"))  # datasets: $REPDIAG_DATA first
+    assert download_dir("cifar10", None) == tmp_path / "data" / "cifar10"
+    assert feature_cache_dir() == tmp_path / "home" / ".cache" / "repdiag" / "features"

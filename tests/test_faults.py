@@ -23,7 +23,7 @@ import torch
 from repdiag.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from repdiag.cli import main
 from repdiag.errors import UserError
-from repdiag.features import FeatureSet, load_features, save_features
+from repdiag.features import FeatureSet, feature_cache_dir, load_features, save_features
 from repdiag.models import BackboneSpec, HeadSpec, build_backbone, build_head
 
 
@@ -323,7 +323,7 @@ def test_a_failing_feature_cache_costs_only_time(inputs, tmp_path, capsys, monke
     monkeypatch.setattr(ckmod.torch, "save", save)
     code, out, err = _run(capsys, argv)
     assert code == 0 and err == "" and json.loads(out) == expected
-    cache = Path(os.environ["REPDIAG_CACHE"])
+    cache = feature_cache_dir()  # under $REPDIAG_CACHE (conftest)
     assert not cache.exists() or list(cache.iterdir()) == []  # no entry, no temp file
 
 

@@ -126,20 +126,6 @@ def test_compile_wraps_the_backbone_forward(tmp_path, monkeypatch):
     assert tr.runtime["compile"] is True
 
 
-def test_feature_extraction_takes_the_same_precision(tmp_path):
-    from repdiag.features import extract
-
-    tr = Trainer(tiny(), tmp_path / "run", quiet=True)
-    tr._save(tmp_path / "ck.pt")
-    fp32 = extract(tmp_path / "ck.pt", split="test", limit=64)
-    bf16 = extract(tmp_path / "ck.pt", split="test", limit=64, precision="bf16")
-    auto = extract(tmp_path / "ck.pt", split="test", limit=64, precision="auto")
-    assert bf16.h.dtype == torch.float32 and bf16.z.dtype == torch.float32
-    assert torch.equal(auto.h, fp32.h)  # auto is fp32 on the CPU
-    assert not torch.equal(bf16.h, fp32.h)  # its own cache entry, really computed in bf16
-    torch.testing.assert_close(bf16.h, fp32.h, rtol=0.05, atol=0.05 * float(fp32.h.abs().max()))
-
-
 def test_a_run_written_before_these_keys_resumes_as_it_was_trained(tmp_path):
     Trainer(tiny(), tmp_path, quiet=True).run()
     ck = torch.load(tmp_path / "last.pt", weights_only=True)

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import repdiag.checkpoint as ckmod
+import repdiag.files as files_mod
 import train.trainer as trainer_mod
 from repdiag.cli import main
 from repdiag.runs import LOCK_NAME, RunLock, best_epoch, run_checkpoint
@@ -90,7 +91,7 @@ def inject(monkeypatch, name, occurrence, fault):
     atomic writer's own clean-up runs).
     """
     seen = {"n": 0}
-    real_torch, real_text = ckmod.atomic_torch_save, ckmod.atomic_write_text
+    real_torch, real_text = ckmod.atomic_torch_save, files_mod.atomic_write_text
 
     def faulty(real, body):
         def write(obj, path):
@@ -109,7 +110,7 @@ def inject(monkeypatch, name, occurrence, fault):
                 with open(tmp, "wb") as f:
                     f.write(b"PK\x03\x04 half a file")
                 raise Killed
-            ckmod._atomic_write(path, lambda f: body(obj, f))  # enospc
+            files_mod.atomic_write(path, lambda f: body(obj, f))  # enospc
         return write
 
     def torch_body(obj, f):
@@ -402,10 +403,11 @@ def test_a_sweep_survives_a_damaged_cache_and_refuses_second_writers_and_full_di
     results = (out / "results.csv").read_text()
     assert "knn_g_h" in results
 
-    (run / "probes.json").write_text("")  # emptied cache: measured again, not a traceback
+    cache, = run.glob("eval-last-*.json")
+    cache.write_text("")  # emptied cache: measured again, not a traceback
     code, err = run_cli(capsys, argv)
     assert code == 0, err
-    assert "knn_g_h" in json.loads((run / "probes.json").read_text())
+    assert set(json.loads(cache.read_text())["accuracy"]) == {"h", "z"}
     assert (out / "results.csv").read_text() == results
 
     for folder in (out, run):  # a second writer on the sweep folder or on one of its runs
@@ -420,7 +422,7 @@ def test_a_sweep_survives_a_damaged_cache_and_refuses_second_writers_and_full_di
 
     def full(path, text):
         if os.path.basename(path) == "results.csv":
-            ckmod._atomic_write(path, lambda f: (_ for _ in ()).throw(
+            files_mod.atomic_write(path, lambda f: (_ for _ in ()).throw(
                 OSError(errno.ENOSPC, "No space left on device")))
         return real(path, text)
 
@@ -497,14 +499,14 @@ def _ae_writes(monkeypatch, fail_at=None):
     def torch_save(obj, path):
         calls.append(os.path.basename(path))
         if len(calls) - 1 == fail_at:
-            return ckmod._atomic_write(path, body(lambda f: torch.save(obj, f)))
+            return files_mod.atomic_write(path, body(lambda f: torch.save(obj, f)))
         return ckmod.atomic_torch_save(obj, path)
 
     def write_text(path, text):
         calls.append(os.path.basename(path))
         if len(calls) - 1 == fail_at:
-            return ckmod._atomic_write(path, body(lambda f: f.write(text.encode())))
-        return ckmod.atomic_write_text(path, text)
+            return files_mod.atomic_write(path, body(lambda f: f.write(text.encode())))
+        return files_mod.atomic_write_text(path, text)
 
     monkeypatch.setattr(ae_mod, "atomic_torch_save", torch_save)
     monkeypatch.setattr(ae_mod, "atomic_write_text", write_text)

@@ -110,7 +110,7 @@ def test_interrupted_sweep_restarts_without_redoing_finished_runs(tmp_path, monk
     direct = probe_report(FeatureSource(first / "last.pt"), "knn", ("h", "z"))["accuracy"]
     assert res["knn_g_h"].iloc[0] == pytest.approx(direct["h"])
     assert res["knn_g_z"].iloc[0] == pytest.approx(direct["z"])
-    assert (first / "probes.json").exists()
+    assert len(list(first.glob("eval-last-*.json"))) == 1  # the knn probe, cached
 
     # a third start does nothing at all
     resumed.clear()
@@ -186,7 +186,7 @@ def test_grid_checkpoint_choice_is_checked(tmp_path, capsys):
 def test_fields_the_trainer_fills_in_do_not_count_as_a_config_change():
     """A run left with head.d0 / head.ae_checkpoint unset gets them written back by the
     trainer; asking for the same run again (unset) reuses it, another explicit value does not."""
-    from train.sweep import _config_difference
+    from train.runstore import config_difference as _config_difference
 
     stored = {"seed": 0, "head": {"kind": "ae", "ae_checkpoint": "run/autoencoder/autoencoder.pt",
                                   "d0": None, "hidden_dim": 32}}
@@ -199,3 +199,7 @@ def test_fields_the_trainer_fills_in_do_not_count_as_a_config_change():
     dclr = {"head": {"kind": "directclr", "d0": 22}}
     assert _config_difference(dclr, {"head": {"kind": "directclr", "d0": None}}) is None
     assert _config_difference(dclr, {"head": {"kind": "directclr", "d0": 30}}) is not None
+    # every differing key is named, in sorted dotted order; epochs never counts
+    assert _config_difference({"seed": 0, "epochs": 3, "head": {"kind": "mlp", "out_dim": 8}},
+                              {"seed": 1, "epochs": 9, "head": {"kind": "linear", "out_dim": 8}}) \
+        == "head.kind (folder: 'mlp', grid: 'linear'), seed (folder: 0, grid: 1)"

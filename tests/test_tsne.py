@@ -50,3 +50,39 @@ def test_annoy_neighbours_still_selectable():
     x = np.random.default_rng(2).standard_normal((200, 5))
     res = tsne(x, n_jobs=1, perplexity=10, n_iter=20, early_exaggeration_iter=10, neighbors="annoy")
     assert res.params["neighbors"] == "annoy" and np.isfinite(res.embedding).all()
+
+
+def test_opentsne_backend_with_openTSNE_neighbours_is_openTSNE_fit_to_the_bit():
+    """Affinities, initialisation and optimiser run as separate steps give exactly the map
+    openTSNE.TSNE.fit makes on its own (same P, same PCA start, same descent)."""
+    import openTSNE
+
+    x = np.random.default_rng(3).standard_normal((150, 6))
+    opts = dict(n_iter=30, early_exaggeration_iter=20, negative_gradient_method="bh")
+    for init in ("pca", "random", "spectral"):
+        ref = openTSNE.TSNE(perplexity=10, n_jobs=1, random_state=4, neighbors="annoy",
+                            initialization=init, **opts).fit(x)
+        res = tsne(x, n_jobs=1, perplexity=10, seed=4, neighbors="annoy", initialization=init, **opts)
+        assert np.array_equal(res.embedding, np.asarray(ref)), init
+        assert res.params["kl_divergence_opentsne"] == float(ref.kl_divergence)
+
+
+def test_the_steps_refuse_unknown_names_before_any_work(monkeypatch):
+    import importlib
+
+    tsne_mod = importlib.import_module("repdiag.diagnostics.tsne")
+
+    def no_work(*a, **k):
+        raise AssertionError("work started before the option check")
+
+    monkeypatch.setattr(tsne_mod, "affinities", no_work)
+    x = np.random.default_rng(4).standard_normal((60, 4))
+    with pytest.raises(UserError, match="^t-SNE takes initialization 'pca', 'random', 'spectral' "
+                                        "or an array, got 'umap'$"):
+        tsne(x, perplexity=5, initialization="umap")
+    with pytest.raises(UserError, match="^the torch t-SNE takes initialization 'pca', 'random' or "
+                                        "an array, got 'spectral'$"):
+        tsne(x, perplexity=5, backend="torch", initialization="spectral")
+    monkeypatch.undo()
+    with pytest.raises(UserError, match="^bad t-SNE neighbour option 'bogus': "):
+        tsne(x, perplexity=5, neighbors="bogus")

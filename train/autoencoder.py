@@ -59,10 +59,11 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from repdiag.checkpoint import atomic_torch_save, atomic_write_text, safe_torch_load
+from repdiag.checkpoint import atomic_torch_save, safe_torch_load
 from repdiag.data import check_dataset_options, dataset_kwargs, load_dataset
+from repdiag.devices import resolve_device
 from repdiag.errors import UserError
-from train.device import resolve_device
+from repdiag.files import atomic_write_text
 
 AE_FORMAT = "repdiag-autoencoder"
 AE_VERSION = 1
@@ -227,8 +228,7 @@ def train_autoencoder(cfg: AEConfig, out_dir: str | os.PathLike, *, quiet: bool 
     (:func:`train.output.checked`); a run that fails before its first checkpoint
     leaves nothing it created.
     """
-    from repdiag.data.paths import missing_folders, remove_empty_folders
-    from repdiag.runs import RunLock
+    from repdiag.runs import in_claimed_folder
 
     validate_ae_config(cfg)
     out = Path(out_dir)
@@ -237,28 +237,15 @@ def train_autoencoder(cfg: AEConfig, out_dir: str | os.PathLike, *, quiet: bool 
         raise UserError(f"cannot write to --out {out}: it exists and is not a folder")
     if ck_path.exists():
         raise UserError(f"{out} already holds an autoencoder ({CHECKPOINT_NAME}); use another --out")
-    created = missing_folders(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot write to --out {out}: {e.strerror or e}") from None
-    lock = RunLock(out)
-    written: list[Path] = []
-    try:
-        lock.acquire()
+
+    def work(written: list[Path]) -> dict:
         if ck_path.exists():  # written by the process that held the folder before us
             raise UserError(f"{out} already holds an autoencoder ({CHECKPOINT_NAME}); "
                             "use another --out")
         return _train(cfg, out, ck_path, written, quiet)
-    except BaseException:
-        if not ck_path.exists():  # no autoencoder: nothing of this run is left
-            for path in written:
-                path.unlink(missing_ok=True)
-            lock.release()
-            remove_empty_folders([p for p in created if p.exists()])
-        raise
-    finally:
-        lock.release()
+
+    # no autoencoder: nothing of this run is left
+    return in_claimed_folder(out, work, keep=ck_path.exists)
 
 
 def _write(path: Path, write, written: list[Path]) -> None:

@@ -17,6 +17,15 @@ from train.config import (
 )
 
 
+def add_commands(subparsers) -> None:
+    """The trainer's sub-commands of ``repdiag``, in listing order: ``train``, ``train-ae``,
+    ``sweep``.  Declared as the ``repdiag.commands`` entry point ``train`` in pyproject.toml
+    (see :func:`repdiag.cli.command_providers`)."""
+    add_train_parser(subparsers)
+    add_train_ae_parser(subparsers)
+    add_sweep_parser(subparsers)
+
+
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``train`` sub-command on a repdiag CLI sub-parser set."""
     p = subparsers.add_parser(

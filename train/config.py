@@ -24,6 +24,7 @@ from pathlib import Path
 
 from repdiag.errors import UserError
 from repdiag.models import HeadSpec
+from repdiag.runs import SELECT
 from train.methods import METHODS
 from train.optim import OPTIMIZERS, SCHEDULES
 from train.schemes import SCHEMES
@@ -40,7 +41,6 @@ from train.yaml_data import load_yaml, read_yaml_file
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
-SELECT = ("last", "best")
 LABEL_LEVELS = ("variant", "family", "manufacturer")  # FGVC-Aircraft: 100 / 70 / 30 classes
 
 

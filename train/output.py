@@ -1,7 +1,7 @@
 """Writes of run and sweep files that fail in one line: a full disk is a user-facing error.
 
 Every file the trainer and the sweep write goes through
-:func:`repdiag.checkpoint.atomic_write_text` / ``atomic_torch_save`` (temp file,
+:func:`repdiag.files.atomic_write_text` / :func:`repdiag.checkpoint.atomic_torch_save` (temp file,
 fsync, rename: the old file stays whole when a write fails). :func:`checked`
 turns the failure into one :class:`UserError` line naming the file and the
 reason. ``torch.save`` reports a failed write as a ``RuntimeError`` from its zip
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from repdiag.errors import UserError
+from repdiag.errors import UserError, reason
 
 T = TypeVar("T")
 
@@ -42,8 +42,8 @@ def checked(path: str | os.PathLike, write: Callable[[], T]) -> T:
         err = os_error_of(e)
         if err is None and not _is_torch_write_failure(e):
             raise
-        reason = (err.strerror or str(err)) if err is not None else "the write failed"
-        raise UserError(f"cannot write {Path(path)}: {reason}") from None
+        why = reason(err) if err is not None else "the write failed"
+        raise UserError(f"cannot write {Path(path)}: {why}") from None
 
 
 def _is_torch_write_failure(e: BaseException) -> bool:

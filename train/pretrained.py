@@ -16,8 +16,7 @@ from __future__ import annotations
 from torch import nn
 
 from repdiag.checkpoint import load_checkpoint
-from repdiag.data.paths import one_line
-from repdiag.errors import UserError
+from repdiag.errors import UserError, reason
 
 OFFLINE_HINT = "run without them with --set pretrained_backbone=null"
 
@@ -34,7 +33,7 @@ def imagenet_state_dict(name: str) -> dict:
         return weights.get_state_dict(progress=False, check_hash=True)
     except Exception as e:  # URLError, OSError, hash mismatch, truncated file, ...
         raise UserError(f"could not fetch torchvision's ImageNet weights for {name} "
-                        f"({type(e).__name__}: {one_line(e)}); {OFFLINE_HINT}") from None
+                        f"({reason(e, typed=True, limit=160)}); {OFFLINE_HINT}") from None
 
 
 def load_imagenet_backbone(backbone: nn.Module, name: str, *, width: float,

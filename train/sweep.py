@@ -28,7 +28,7 @@ Outputs (written atomically after every run):
   metrics (``loss``, ``knn_val`` when the run computed it, any other number
   logged in the last ``metrics.jsonl`` line), plus the test accuracies of the
   grid's ``probes`` (default ``[knn]``; e.g. ``[knn, "linear:s"]``) on h and z,
-  as ``knn_g_h``, ``knn_g_z``, ... (cached in each run's ``probes.json``), measured
+  as ``knn_g_h``, ``knn_g_z``, ... (cached beside the checkpoint as ``eval-*.json``), measured
   on the run's ``checkpoint`` column: the grid's ``checkpoint`` (``best``: the
   lowest validation contrastive loss, paper S; ``last``) or, if the grid names
   none, each run's own ``select``.
@@ -41,27 +41,27 @@ Outputs (written atomically after every run):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
 import os
 import re
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import yaml
 
-from repdiag.checkpoint import atomic_write_text
-from repdiag.data.paths import missing_folders, remove_empty_folders
+from repdiag.data.paths import remove_empty_folders
 from repdiag.errors import UserError
-from repdiag.runs import RunLock, repair_best, run_checkpoint
+from repdiag.files import atomic_write_text
+from repdiag.runs import SELECT, RunLock, in_claimed_folder, run_checkpoint
 from train.config import MAX_SEED, TrainConfig, load_config
 from train.output import checked
+from train.runstore import cached_evaluation, ensure_run
 from train.yaml_data import load_yaml, read_yaml_file
 
 GRID_KEYS = ("base", "set", "grid", "seeds", "probes", "checkpoint")
-CHECKPOINT_CHOICES = ("best", "last")
 PROBE_KINDS = ("knn", "linear")
 BOOKKEEPING = ("epoch", "lr", "seconds", "images_per_s")
 STATS = ("min", "max", "mean", "range", "iqr", "std")
@@ -155,7 +155,7 @@ def read_grid(path: str | os.PathLike) -> Grid:
         raise UserError(f"{path}: 'probes' must be a list of knn, linear or PROBE:PRESET "
                         "(e.g. linear:s); [] turns them off")
     checkpoint = tree.get("checkpoint")
-    if checkpoint is not None and checkpoint not in CHECKPOINT_CHOICES:
+    if checkpoint is not None and checkpoint not in SELECT:
         raise UserError(f"{path}: 'checkpoint' must be best (lowest validation loss) or last, "
                         f"got {checkpoint!r}")
     return Grid(base=base, fixed=fixed, grid=grid, seeds=seeds, probes=probes,
@@ -163,11 +163,12 @@ def read_grid(path: str | os.PathLike) -> Grid:
 
 
 def probe_accuracies(run_dir: Path, probes: list[str], select: str = "last") -> dict:
-    """Test accuracies of h and z for each probe of a finished run, cached in probes.json.
+    """Test accuracies of h and z for each probe of a finished run, cached beside the checkpoint.
 
     Columns are named ``{probe}_{preset}_{h|z}`` (e.g. ``knn_g_h``); the probe's
     training set is the run's train split, nothing is selected on test. The
-    probed checkpoint is ``best.pt`` or ``last.pt`` (``select``, see :mod:`repdiag.runs`).
+    probed checkpoint is ``best.pt`` or ``last.pt`` (``select``, see :mod:`repdiag.runs`);
+    each probe's result is cached by :func:`train.runstore.cached_evaluation`.
     """
     if not probes:
         return {}
@@ -175,35 +176,28 @@ def probe_accuracies(run_dir: Path, probes: list[str], select: str = "last") -> 
     from repdiag.features import FeatureSource
 
     ckpt = run_checkpoint(run_dir, select)
-    cache_file = run_dir / "probes.json"
-    cached = read_probe_cache(cache_file)
-    stamp = [ckpt.name, ckpt.stat().st_mtime]
-    if cached.get("_checkpoint") != stamp:
-        cached = {"_checkpoint": stamp}
-    src = None
+    source = functools.cache(lambda: FeatureSource(ckpt))  # extracted once, if any probe runs
+    out = {"checkpoint": ckpt.name}
     for spec in probes:
         kind, _, preset = spec.partition(":")
         preset = preset or {"knn": "g", "linear": "fast"}[kind]
-        if all(f"{kind}_{preset}_{f}" in cached for f in ("h", "z")):
-            continue
-        src = src or FeatureSource(ckpt)
-        rep = probe_report(src, kind, ("h", "z"), preset=preset)
-        cached.update({f"{kind}_{preset}_{f}": acc for f, acc in rep["accuracy"].items()})
-    checked(cache_file, lambda: atomic_write_text(cache_file, json.dumps(cached)))
-    return {"checkpoint": ckpt.name, **{k: v for k, v in cached.items() if not k.startswith("_")}}
+
+        def measure(kind=kind, preset=preset):
+            return {"accuracy": probe_report(source(), kind, ("h", "z"), preset=preset)["accuracy"]}
+
+        settings = [{"probe": kind, "preset": preset, "on": ["h", "z"], "v": 1}]
+        acc = cached_evaluation(ckpt, settings, measure, check=_accuracies_of("h", "z"))["accuracy"]
+        out.update({f"{kind}_{preset}_{f}": acc[f] for f in ("h", "z")})
+    return out
 
 
-def read_probe_cache(path: Path) -> dict:
-    """The probes.json cache of a run, or {} when it is missing, emptied or not a JSON object
-    (a cache only saves time: whatever is wrong with it, the accuracies are measured again)."""
-    try:
-        cached = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return {}
-    if not isinstance(cached, dict):
-        return {}
-    return {k: v for k, v in cached.items()
-            if k == "_checkpoint" or (isinstance(v, (int, float)) and not isinstance(v, bool))}
+def _accuracies_of(*features: str):
+    """A check that a cached probe result holds a number for each of ``features``."""
+    def check(cached: dict) -> bool:
+        acc = cached.get("accuracy")
+        return isinstance(acc, dict) and all(
+            isinstance(acc.get(f), (int, float)) and not isinstance(acc.get(f), bool) for f in features)
+    return check
 
 
 def _safe(text: str) -> str:
@@ -244,45 +238,6 @@ def expand(grid: Grid) -> list[SweepRun]:
     return runs
 
 
-def _stored_epoch_and_config(run_dir: Path) -> tuple[int, dict, list] | None:
-    from repdiag.checkpoint import safe_torch_load
-
-    last = run_dir / "last.pt"
-    if not last.exists():
-        return None
-    raw = safe_torch_load(last, "checkpoint")
-    if not isinstance(raw, dict) or "epoch" not in raw:
-        raise UserError(f"{last}: not a repdiag run checkpoint; remove the folder to rerun it")
-    epoch, config, metrics = raw["epoch"], raw.get("config") or {}, raw.get("metrics") or []
-    if (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0
-            or not isinstance(config, dict) or not isinstance(metrics, list)
-            or not all(isinstance(m, dict) for m in metrics)):
-        raise UserError(f"{last}: damaged repdiag run checkpoint (epoch, config or metrics of "
-                        "the wrong type); remove the folder to rerun it")
-    return epoch, dict(config), list(metrics)
-
-
-# fields the trainer fills in when they are left unset (DirectCLR's d0, the autoencoder it
-# trained for head.kind=ae) and writes back into the run's config
-FILLED_BY_TRAINER = ("head.d0", "head.ae_checkpoint")
-
-
-def _config_difference(stored: dict, wanted: dict, prefix: str = "") -> str | None:
-    for key in sorted(set(stored) | set(wanted)):
-        if (not prefix and key == "epochs") or key not in stored:  # newer fields: lenient
-            continue
-        if f"{prefix}{key}" in FILLED_BY_TRAINER and wanted.get(key) is None:
-            continue
-        a, b = stored.get(key), wanted.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            d = _config_difference(a, b, f"{prefix}{key}.")
-            if d:
-                return d
-        elif a != b:
-            return f"{prefix}{key} (folder: {a!r}, grid: {b!r})"
-    return None
-
-
 def run_sweep(grid_path: str | os.PathLike, out_dir: str | os.PathLike, *,
               quiet: bool = False) -> dict:
     """Run (or finish) every run of the grid; write results.csv and summary.csv.
@@ -295,31 +250,12 @@ def run_sweep(grid_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     grid = read_grid(grid_path)
     runs = expand(grid)
     out = Path(out_dir)
-    created = missing_folders(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot write to --out {out}: {e.strerror or e}") from None
-    lock = RunLock(out)
-    written: list[Path] = []
-    try:
-        lock.acquire()
-        return _run_locked(grid, runs, out, quiet, written)
-    except BaseException:
-        if not (out / "results.csv").exists():  # nothing to show for it: leave nothing behind
-            for path in written:
-                path.unlink(missing_ok=True)
-            lock.release()
-            remove_empty_folders(created)
-        raise
-    finally:
-        lock.release()
+    return in_claimed_folder(out, lambda written: _run_locked(grid, runs, out, quiet, written),
+                             keep=(out / "results.csv").exists)  # else: leave nothing behind
 
 
 def _run_locked(grid: Grid, runs: list[SweepRun], out: Path, quiet: bool,
                 written: list[Path]) -> dict:
-    from train.trainer import Trainer
-
     grid_file = out / "grid.yaml"
     text = yaml.safe_dump({"base": grid.base, "set": grid.fixed, "grid": grid.grid,
                            "seeds": grid.seeds, "probes": grid.probes,
@@ -332,39 +268,24 @@ def _run_locked(grid: Grid, runs: list[SweepRun], out: Path, quiet: bool,
     for i, run in enumerate(runs, 1):
         run_dir = out / run.name
         lock = RunLock(run_dir)
-        if run_dir.is_dir():
-            lock.acquire()
+
+        def starting(state, i=i, run=run):
+            counts["resumed" if state is not None else "started"] += 1
+            if not quiet:
+                what = f"resuming at epoch {state.epoch}" if state is not None else "starting"
+                print(f"[{i}/{len(runs)}] {run.name}: {what}", flush=True)
+
         try:
-            state = _stored_epoch_and_config(run_dir)
-            if state is not None:
-                diff = _config_difference(state[1], run.config.to_dict())
-                if diff:
-                    raise UserError(f"{run_dir} holds a run with another config: {diff}; "
-                                    "remove the folder or use another --out")
-            if state is not None and state[0] >= run.config.epochs:
+            done = ensure_run(run.config, run_dir, quiet=quiet, before_training=starting,
+                              keep_diverged=True, lock=lock)
+            status = done.status
+            if done.action == "reused":
                 counts["skipped"] += 1
-                action, metrics, status = "done already", state[2], "finished"
-                checked(run_dir / "best.pt", partial(repair_best, run_dir, *state[::2]))
-            else:
-                resume = state is not None
-                counts["resumed" if resume else "started"] += 1
-                if not quiet:
-                    what = f"resuming at epoch {state[0]}" if resume else "starting"
-                    print(f"[{i}/{len(runs)}] {run.name}: {what}", flush=True)
-                try:
-                    trainer = Trainer(run.config, run_dir, quiet=quiet, resume=resume)
-                    lock.acquire()  # held on from the trainer's own claim, through the probes
-                    trainer.run()
-                    status = "finished"
-                except FloatingPointError as e:  # a diverged run is a result, not a sweep failure
-                    status = f"diverged: {e}"
-                state = _stored_epoch_and_config(run_dir)
-                metrics = state[2] if state else []
-                action = status
             counts["finished"] += status == "finished"
             if not quiet:
+                action = "done already" if done.action == "reused" else status
                 print(f"[{i}/{len(runs)}] {run.name}: {action}", flush=True)
-            row = _row(run, run_dir, metrics, status)
+            row = _row(run, run_dir, done.run.metrics if done.run else [], status)
             if status == "finished":
                 row.update(probe_accuracies(run_dir, grid.probes,
                                             grid.checkpoint or run.config.select))

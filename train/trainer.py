@@ -31,19 +31,15 @@ import yaml
 from tqdm import tqdm
 
 from repdiag.augment import AugmentConfig, apply_params, sample_params, two_views
-from repdiag.checkpoint import (
-    atomic_torch_save,
-    atomic_write_text,
-    load_checkpoint,
-    make_checkpoint,
-    remove_stale_temp_files,
-)
+from repdiag.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint
 from repdiag.data import load_dataset
 from repdiag.data.paths import missing_folders, remove_empty_folders
-from repdiag.errors import UserError
+from repdiag.devices import resolve_device
+from repdiag.errors import UserError, user_error
+from repdiag.files import atomic_write_text, remove_stale_temp_files
 from repdiag.models import BackboneSpec, HeadSpec, build_backbone, build_head, default_cifar_stem
 from repdiag.precision import resolve_precision
-from repdiag.runs import RunLock, repair_best
+from repdiag.runs import RunLock, best_epoch, repair_best
 from train.autoencoder import (
     CHECKPOINT_NAME,
     AEConfig,
@@ -52,7 +48,6 @@ from train.autoencoder import (
     zscore_stats,
 )
 from train.config import LEGACY_VALUES, TrainConfig, dataset_options, from_dict, validate
-from train.device import resolve_device
 from train.distributed import convert_sync_batchnorm, init_world, wrap_backbone
 from train.monitor import epoch_monitor
 from train.optim import build_scheduler
@@ -296,7 +291,7 @@ class Trainer:
         try:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise UserError(f"cannot write to --out {self.out}: {e.strerror or e}") from None
+            raise user_error(f"cannot write to --out {self.out}", e) from None
         self.lock.acquire()  # one writer per run folder, before anything in it changes
         try:
             (self.out / "checkpoints").mkdir(exist_ok=True)
@@ -304,7 +299,7 @@ class Trainer:
             probe.write_text("")
             probe.unlink()
         except OSError as e:
-            raise UserError(f"cannot write to --out {self.out}: {e.strerror or e}") from None
+            raise user_error(f"cannot write to --out {self.out}", e) from None
         self._check_out_dir(resume)
         for folder in (self.out, self.out / "checkpoints"):  # left by a killed write
             remove_stale_temp_files(folder)
@@ -370,7 +365,7 @@ class Trainer:
             line["head_rel_change"] = relative_change(head_before, head_vector(self.head))
             line.update(self.scheme.epoch_metrics())
             line.update(self._evaluate(self.epoch))
-            best = self._is_best(line)
+            best = best_epoch([*self.metrics, line]) == line["epoch"]  # the rule of repdiag.runs
             self.metrics.append(line)
             # Order of the epoch's writes, each atomic: a kill or a full disk between two of
             # them leaves a state that --resume completes: metrics.jsonl never lists an epoch
@@ -516,13 +511,6 @@ class Trainer:
                 v1, v2 = two_views(x, self.aug, generator=gen)
                 losses.append(float(self.scheme.loss(v1, v2)))
         return sum(losses) / len(losses)
-
-    def _is_best(self, line: dict) -> bool:
-        """Whether this epoch's validation loss is the lowest so far (then best.pt is written)."""
-        if "val_loss" not in line or not math.isfinite(line["val_loss"]):
-            return False
-        earlier = [m["val_loss"] for m in self.metrics if m.get("val_loss") is not None]
-        return not earlier or line["val_loss"] < min(earlier)
 
     # ------------------------------------------------------------------ output
     def _save(self, path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from repdiag.errors import UserError
+from repdiag.errors import UserError, reason
 
 #: the largest config or grid file read; the shipped ones are under 2 KiB
 MAX_BYTES = 1 << 20
@@ -65,8 +65,7 @@ def _describe(e: yaml.YAMLError) -> str:
     problem = getattr(e, "problem", None) or getattr(e, "context", None)
     mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
     if problem is None:
-        text = str(e).strip()
-        problem = text.splitlines()[0] if text else type(e).__name__
+        problem = reason(e)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     return " ".join(f"{problem}{where}".split())
 
@@ -105,7 +104,7 @@ def read_yaml_file(path: str | os.PathLike, what: str = "YAML file"):
                             f"(at most {MAX_BYTES} bytes)")
         data = path.read_bytes()
     except OSError as e:
-        raise UserError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+        raise UserError(f"{path}: cannot read the {what} ({reason(e)})") from None
     if b"\0" in data:
         raise UserError(f"{path}: a binary file, not a {what}")
     try:

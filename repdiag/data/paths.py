@@ -6,12 +6,16 @@ Search order for dataset ``<name>``:
    never silently replaced by another location);
 2. ``$REPDIAG_DATA/<name>`` if the environment variable is set;
 3. dataset-specific system locations (e.g. ``/usr/share/datasets/fashion-mnist``);
-4. the cache, ``~/.cache/repdiag/<name>`` (``$XDG_CACHE_HOME/repdiag/<name>``
-   if that variable is set).
+4. the cache, ``<cache>/<name>`` (:func:`cache_dir`).
 
 Downloads (where a dataset has one) go to ``root`` if given, else
 ``$REPDIAG_DATA/<name>`` if set, else the cache. Set ``REPDIAG_NO_DOWNLOAD=1``
 to forbid every download (or pass ``download=False`` to ``load_dataset``).
+
+repdiag's cache folder ``<cache>`` (:func:`cache_dir`) is the first of
+``$REPDIAG_CACHE``, ``$XDG_CACHE_HOME/repdiag``, ``~/.cache/repdiag``: datasets
+download into ``<cache>/<name>`` and extracted features are cached in
+``<cache>/features`` (:mod:`repdiag.features`).
 """
 
 from __future__ import annotations
@@ -21,13 +25,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from repdiag.errors import UserError
+from repdiag.errors import UserError, reason
 
 T = TypeVar("T")
 
 
 def cache_dir() -> Path:
-    """``~/.cache/repdiag`` (or ``$XDG_CACHE_HOME/repdiag``)."""
+    """repdiag's cache folder: ``$REPDIAG_CACHE`` if set, else ``$XDG_CACHE_HOME/repdiag``,
+    else ``~/.cache/repdiag`` (the one rule for datasets and extracted features)."""
+    own = os.environ.get("REPDIAG_CACHE")
+    if own:
+        return Path(own).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base).expanduser() / "repdiag"
 
@@ -59,14 +67,6 @@ def downloads_allowed(download: bool) -> bool:
     """``download`` unless ``REPDIAG_NO_DOWNLOAD`` is set to something other than 0/empty."""
     flag = os.environ.get("REPDIAG_NO_DOWNLOAD", "").strip().lower()
     return download and flag in ("", "0", "false", "no")
-
-
-def one_line(err: BaseException, limit: int = 160) -> str:
-    """A short single-line description of an exception, for embedding in a UserError."""
-    text = " ".join(str(err).split())
-    if len(text) > limit:  # cut between words, never inside one
-        text = text[: limit - 4].rsplit(" ", 1)[0] + " ..."
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def missing_folders(path: Path) -> list[Path]:
@@ -103,7 +103,7 @@ def via_torchvision(
         return make(target, False)
     except Exception as local_err:  # noqa: BLE001 - missing: RuntimeError; corrupt: anything
         if not downloads_allowed(download):
-            detail = f" ({one_line(local_err)})"
+            detail = f" ({reason(local_err, typed=True, limit=160)})"
             raise UserError(
                 f"dataset {name!r} not found in {target}{detail} and downloads are disabled; {hint}"
             ) from None
@@ -114,6 +114,6 @@ def via_torchvision(
     except Exception as err:  # noqa: BLE001 - network, checksum, disk errors all end here
         remove_empty_folders(created)  # a failed download leaves no empty folders behind
         raise UserError(
-            f"dataset {name!r} not found in {target} and the download failed ({one_line(err)}); "
-            f"{hint}"
+            f"dataset {name!r} not found in {target} and the download failed "
+            f"({reason(err, typed=True, limit=160)}); {hint}"
         ) from None

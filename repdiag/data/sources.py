@@ -118,7 +118,8 @@ def load_fashion_mnist(
 
     Looked for in ``root`` if given, else ``$REPDIAG_DATA/fashion-mnist``,
     ``/usr/share/datasets/fashion-mnist`` (Debian package
-    ``dataset-fashion-mnist``) and ``~/.cache/repdiag/fashion-mnist``. If
+    ``dataset-fashion-mnist``) and ``fashion-mnist`` in repdiag's cache folder
+    (:func:`repdiag.data.paths.cache_dir`). If
     absent, torchvision's downloader is tried.
     """
     dirs = candidate_dirs("fashion-mnist", root, system=(FASHION_MNIST_SYSTEM_DIR,))

@@ -51,7 +51,7 @@ def _settings(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
 def _moments(x: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """Column mean and population standard deviation (a zero deviation becomes 1).
 
-    Two chunked passes (sum, then centred squares): 20x faster than
+    Two chunked passes (sum, then centred squares): faster than
     ``Tensor.std(dim=0)`` on a tall CPU matrix, whose column reduction is strided.
     """
     mean = x.sum(dim=0) / x.shape[0]

@@ -88,7 +88,7 @@ def rank(X: Any, *, rtol: float | None = None, atol: float = 0.0,
     ``method``: ``"svd"`` (svdvals as above), ``"gram"`` (σ = sqrt of the
     eigenvalues of XᵀX accumulated in float64: σ_i is exact to about
     sqrt(eps64)·σ_1 ≈ 1.5e-8·σ_1, far below a float32 cut-off of
-    max(N, m)·1.2e-7·σ_1, and 5-10x cheaper than an SVD for tall X), or
+    max(N, m)·1.2e-7·σ_1, and cheaper than an SVD for tall X), or
     ``"auto"``: gram for float32 (or narrower) X with N ≥ 2m, else svd. Float64
     input always takes the SVD route (its cut-off is below the Gram's accuracy).
     """

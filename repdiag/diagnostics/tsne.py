@@ -1,10 +1,25 @@
-"""t-SNE map of a feature set (paper G Fig. 1): openTSNE on the CPU, exact-gradient torch on a GPU."""
+"""t-SNE map of a feature set (paper G Fig. 1): openTSNE on the CPU, exact-gradient torch on a GPU.
+
+Three separate steps, as openTSNE separates them (``openTSNE.affinity``,
+``openTSNE.initialization``, ``TSNE.fit``):
+
+1. :func:`affinities`: the perplexity-calibrated input affinities P, from exact
+   neighbours (:func:`exact_affinities`) or from openTSNE's own neighbour search;
+2. :func:`initial_embedding`: the starting map (PCA, random, spectral or given);
+3. an optimiser, one per backend with one signature ``(affinities, init) ->
+   (embedding, info)``: :func:`opentsne_optimiser` (Barnes-Hut / FFT gradient)
+   and :func:`torch_optimiser` (exact gradient, :mod:`repdiag.diagnostics.tsne_torch`).
+
+:func:`tsne` checks its input and composes the three.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,6 +29,12 @@ from repdiag.devices import check_device
 from repdiag.diagnostics._common import EXCLUDE, Result, as_labels, as_matrix
 from repdiag.diagnostics.knn import nearest_neighbours
 from repdiag.errors import UserError
+
+EXACT_LIMIT = 20_000
+#: openTSNE.TSNE options that shape its own neighbour search (used when ``neighbors`` is not "exact")
+SEARCH_OPTIONS = ("metric", "metric_params", "knn_kwargs", "verbose")
+#: ``(affinities, init) -> (N×d float64 embedding, info)``
+Optimiser = Callable[[Any, Any], tuple[np.ndarray, dict]]
 
 
 @dataclasses.dataclass
@@ -25,6 +46,8 @@ class TSNEResult(Result):
     params: dict = dataclasses.field(default_factory=dict)
     n: int = 0
 
+
+# --- 1. affinities -------------------------------------------------------------------------------
 
 def exact_affinities(X: torch.Tensor, perplexity: float, *, n_jobs: int = 1, seed: int = 0):
     """openTSNE perplexity affinities from the exact ⌊3·perplexity⌋ Euclidean neighbours.
@@ -44,146 +67,112 @@ def exact_affinities(X: torch.Tensor, perplexity: float, *, n_jobs: int = 1, see
                              random_state=int(seed))
 
 
-EXACT_LIMIT = 20_000
+def searched_affinities(X: torch.Tensor, perplexity: float, method: str, *, n_jobs: int = 1,
+                        seed: Any = 0, **search: Any):
+    """openTSNE's perplexity affinities with its own neighbour search ``method`` (e.g. annoy);
+    ``search`` takes openTSNE's ``metric``, ``metric_params``, ``knn_kwargs``, ``verbose``.
+    For one perplexity this is the P that ``openTSNE.TSNE.fit`` builds itself."""
+    from openTSNE.affinity import PerplexityBasedNN
+
+    data = X.detach().cpu().to(torch.float64).numpy()
+    try:
+        return PerplexityBasedNN(data, perplexity=float(perplexity), method=method, n_jobs=n_jobs,
+                                 random_state=seed, **search)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"bad t-SNE neighbour option {method!r}: {e}") from None
 
 
-def resolve_device(device: Any) -> torch.device | None:
-    """``None`` or a checked torch.device for ``device`` (None, "cpu", "cuda", "cuda:N" or a
-    torch.device); a CUDA device this machine does not have is a UserError, raised before any work."""
-    if device is None:
-        return None
-    return check_device(str(device), "t-SNE device")
+def affinities(X: torch.Tensor, perplexity: float, neighbors: str = "exact", *,
+               device: torch.device | None = None, n_jobs: int = 1, seed: Any = 0, **search: Any):
+    """The input affinities P (an ``openTSNE.affinity.Affinities``; P symmetric, unit sum):
+    p_{j|i} ∝ exp(−‖x_i − x_j‖²/2σ_i²) over the ⌊3·perplexity⌋ nearest neighbours of each
+    point, σ_i calibrated to the perplexity, P = (P_{j|i} + P_{i|j}) / 2N (van der Maaten &
+    Hinton 2008, eq. 1 and §3.1).  ``neighbors="exact"`` finds the neighbours on ``device``
+    (:func:`exact_affinities`); any other value is openTSNE's search method
+    (:func:`searched_affinities`)."""
+    if neighbors == "exact":
+        return exact_affinities(X.to(device or "cpu"), perplexity, n_jobs=n_jobs, seed=seed)
+    return searched_affinities(X, perplexity, neighbors, n_jobs=n_jobs, seed=seed, **search)
 
 
-def tsne(X: Any, labels: Any = None, *, n_jobs: int | None = None, perplexity: float = 30,
-         seed: int = 0, neighbors: str = "exact", device: Any = None, backend: str | None = None,
-         exact_limit: int = EXACT_LIMIT, **kw: Any) -> TSNEResult:
-    """t-SNE map of X (N×m) to 2-D, PCA initialisation (paper G Fig. 1 uses t-SNE).
+# --- 2. initialisation ---------------------------------------------------------------------------
 
-    The input affinities p_{j|i} ∝ exp(−‖x_i − x_j‖²/2σ_i²) (perplexity-calibrated
-    σ_i, symmetrised) are built from the ⌊3·perplexity⌋ nearest neighbours of each
-    point.  ``neighbors="exact"`` (default) finds them exactly with repdiag's
-    chunked GEMM + top-k (:func:`~repdiag.diagnostics.knn.nearest_neighbours`):
-    on 10,000 points of dimension 2048 that takes 4-5 s on 2 cores where
-    openTSNE's approximate Annoy index takes about 21 s.  ``neighbors="annoy"``
-    (or any other openTSNE method) leaves the search to openTSNE.
+INITIALIZATIONS = ("pca", "random", "spectral")
 
-    Two optimisers, on the same affinities:
 
-    - ``backend="opentsne"`` (the default for ``device`` None or "cpu"):
-      openTSNE's Barnes-Hut (N < 10,000) or FFT-interpolated gradient.
-    - ``backend="torch"`` (the default for ``device="cuda"``/``"cuda:N"``;
-      on the CPU when asked for explicitly): the exact gradient in torch with
-      openTSNE's defaults and optimiser, :mod:`repdiag.diagnostics.tsne_torch`.
-      Above ``exact_limit`` points (default 20,000) on a GPU the exact gradient's
-      O(N²) cost loses to openTSNE's O(N) one: openTSNE runs on the host instead,
-      with a one-line notice on stderr.
+def initial_embedding(X: torch.Tensor, how: Any = "pca", n_components: int = 2, seed: Any = 0, *,
+                      P: Any = None, torch_pca: bool = False, verbose: bool = False):
+    """The starting map (N × ``n_components``), openTSNE's ``initialization`` schemes.
 
-    ``device`` naming a CUDA device this machine lacks is a UserError, before any
-    work.  ``params`` in the result say which backend ran (``"backend"``) and,
-    for N ≤ ``exact_limit``, the final KL(P‖Q) computed exactly on the embedding
-    (``"kl_divergence"``, :func:`~repdiag.diagnostics.tsne_torch.kl_divergence`),
-    the same formula for both backends.
+    ``"pca"``: the top principal components of X rescaled so that the first has
+    standard deviation 1e-4, plus N(0, (1e-6)²) jitter from
+    ``RandomState(seed)`` (``openTSNE.initialization.pca`` on the host, or
+    ``torch_pca=True``: its torch twin on X's device,
+    :func:`~repdiag.diagnostics.tsne_torch.pca_initialization`, equal to 1e-13).
+    ``"random"``: N(0, (1e-4)²) from ``RandomState(seed)``.  ``"spectral"``:
+    leading eigenvectors of the affinities ``P``.  An array is used as given.
+    """
+    if not isinstance(how, str):
+        return how
+    if how not in INITIALIZATIONS:
+        raise UserError(f"unknown t-SNE initialization {how!r}; choose "
+                        f"{', '.join(INITIALIZATIONS)} or an array")
+    if how == "pca" and torch_pca:
+        from repdiag.diagnostics.tsne_torch import pca_initialization
 
-    ``n_jobs`` defaults to ``os.cpu_count()`` (openTSNE's own default is 1), and the
-    BLAS/OpenMP thread pools are limited to the same number while it runs
-    (openTSNE's ``n_jobs`` alone does not bound them), and torch's intra-op
-    threads to min(n_jobs, ``torch.get_num_threads()``), so a caller's lower torch
-    setting stands (on a busy machine one thread can be many times faster than two
-    spinning OpenMP threads for these small per-element kernels).  ``random_state=seed``.
-    Other keyword arguments go to ``openTSNE.TSNE`` (e.g. ``n_iter``,
-    ``early_exaggeration_iter``, ``learning_rate``, ``negative_gradient_method``) or,
-    for the torch backend, to :func:`~repdiag.diagnostics.tsne_torch.optimize`
-    (the same names, plus ``chunk_size`` and ``dtype``).
+        return pca_initialization(X, n_components, seed)
+    from openTSNE import initialization
+
+    if how == "pca":
+        data = X.detach().cpu().to(torch.float64).numpy()
+        return initialization.pca(data, n_components, random_state=seed, verbose=verbose)
+    if how == "random":
+        return initialization.random(X.shape[0], n_components, random_state=seed, verbose=verbose)
+    return initialization.spectral(P, n_components, random_state=seed, verbose=verbose)
+
+
+# --- 3. optimisers, one per backend --------------------------------------------------------------
+
+def opentsne_optimiser(params: dict, *, exact_limit: int = EXACT_LIMIT) -> Optimiser:
+    """openTSNE's gradient descent (``openTSNE.TSNE(**params).fit``: Barnes-Hut for N < 10,000,
+    else FFT-interpolated gradient) as ``(affinities, init) -> (embedding, info)``.
+
+    ``params`` are ``openTSNE.TSNE``'s options, checked here before any work.  ``info``
+    holds openTSNE's own KL estimate (``kl_divergence_opentsne``) and, for N ≤
+    ``exact_limit``, the exact KL(P‖Q) of the map
+    (:func:`~repdiag.diagnostics.tsne_torch.kl_divergence`).
     """
     import openTSNE
-    from threadpoolctl import threadpool_limits
 
-    from repdiag.diagnostics import tsne_torch
+    from repdiag.diagnostics.tsne_torch import kl_divergence
 
-    dev = resolve_device(device)
-    if backend is None:
-        backend = "torch" if dev is not None and dev.type == "cuda" else "opentsne"
-    if backend not in ("opentsne", "torch"):
-        raise UserError(f"unknown t-SNE backend {backend!r}; choose opentsne or torch")
-    if isinstance(exact_limit, bool) or not isinstance(exact_limit, int) or exact_limit < 2:
-        raise UserError(f"exact_limit must be an integer >= 2, got {exact_limit!r}")
-    X = as_matrix(X, "X", min_rows=2)
-    top = float(X.abs().max())
-    if top > 0 and not 1e-6 <= top <= 1e6:
-        # far from unit scale (float64 features of 1e39 or 1e-50): the perplexity-calibrated
-        # affinities do not depend on a global scale, but float32 steps inside the
-        # optimisers overflow or underflow, so map onto unit scale first
-        X = X / top
-    n = X.shape[0]
-    lab = None
-    if labels is not None:
-        lab = as_labels(labels, n, "labels", torch.device("cpu")).numpy()
-    if not perplexity > 0:
-        raise UserError(f"perplexity must be positive, got {perplexity!r}")
-    if 3 * perplexity >= n:
-        raise UserError(f"perplexity {perplexity} is too large for {n} points (need n > 3*perplexity)")
-    if bool((X == X[:1]).all()):  # no distances: the affinities are 0/0 and the map all NaN
-        raise UserError(f"t-SNE: all {n} points are identical (the features do not "
-                        "vary), so there is no map to draw")
-    jobs = int(n_jobs) if n_jobs is not None else (os.cpu_count() or 1)
-    dev = dev or torch.device("cpu")
-    extra: dict[str, Any] = {}
-    if backend == "torch" and dev.type == "cuda" and n > exact_limit:
-        print(f"repdiag: t-SNE of {n} points is above the exact-gradient GPU limit ({exact_limit}); "
-              "optimising with openTSNE on the host instead", file=sys.stderr, flush=True)
-        backend, extra["fallback"] = "opentsne", f"N > exact_limit={exact_limit}"
-    params = {"perplexity": float(perplexity), "initialization": "pca", "n_jobs": jobs,
-              "random_state": int(seed), **kw}
-    params.setdefault("n_components", 2)
-    if backend == "torch":
-        run = _torch_options(params)
-    else:
-        data = X.detach().cpu().to(torch.float64).numpy()
-        try:
-            t = openTSNE.TSNE(**params, neighbors=neighbors if neighbors != "exact" else "auto")
-        except TypeError as e:
-            raise UserError(f"bad t-SNE option: {e}") from None
-    threads = torch.get_num_threads()
     try:
-        with threadpool_limits(limits=jobs):
-            torch.set_num_threads(min(jobs, threads))
-            if neighbors == "exact":
-                affinities = exact_affinities(X.to(dev), perplexity, n_jobs=jobs, seed=seed)
-            elif backend == "torch":
-                affinities = _opentsne_affinities(X, perplexity, neighbors, jobs, seed)
-            else:
-                affinities = None
-            if backend == "torch":
-                Xd = X.to(dev)
-                if isinstance(run["init"], str) and run["init"] == "pca":
-                    init = tsne_torch.pca_initialization(Xd, run["n_components"], seed)
-                elif isinstance(run["init"], str):
-                    init = torch.from_numpy(np.random.RandomState(seed).normal(
-                        0, 1e-4, (n, run["n_components"])))
-                else:
-                    init = run["init"]
-                emb_t, info = tsne_torch.optimize(affinities.P, init, device=dev, **run["opts"])
-                emb = emb_t.cpu().to(torch.float64).numpy()
-                extra.update(info)
-            else:
-                result = t.fit(data, affinities=affinities)
-                emb = np.array(result, dtype=np.float64)
-                extra["kl_divergence_opentsne"] = float(result.kl_divergence)
-                if n <= exact_limit:
-                    P = (affinities if affinities is not None else result.affinities).P
-                    extra["kl_divergence"] = tsne_torch.kl_divergence(P, torch.from_numpy(emb))
-    finally:
-        torch.set_num_threads(threads)
-    plain = {k: (v if isinstance(v, (str, int, float, bool, type(None))) else repr(v))
-             for k, v in {**params, "neighbors": neighbors, "backend": backend,
-                          "device": str(dev) if backend == "torch" else "cpu", **extra}.items()}
-    return TSNEResult(embedding=emb, labels=lab, params=plain, n=int(n))
+        t = openTSNE.TSNE(**params)
+    except TypeError as e:
+        raise UserError(f"bad t-SNE option: {e}") from None
+    _check_initialization(params.get("initialization", "pca"), INITIALIZATIONS)
+
+    def optimise(aff, init) -> tuple[np.ndarray, dict]:
+        result = t.fit(None, affinities=aff, initialization=init)
+        emb = np.array(result, dtype=np.float64)
+        info = {"kl_divergence_opentsne": float(result.kl_divergence)}
+        if emb.shape[0] <= exact_limit:
+            info["kl_divergence"] = kl_divergence(aff.P, torch.from_numpy(emb))
+        return emb, info
+
+    return optimise
 
 
-def _torch_options(params: dict) -> dict:
-    """Split tsne()'s keyword arguments into the torch optimiser's options, refusing unknown ones."""
-    from repdiag.diagnostics.tsne_torch import DEFAULTS
+def torch_optimiser(params: dict, device: torch.device) -> Optimiser:
+    """The exact-gradient optimiser :func:`~repdiag.diagnostics.tsne_torch.optimize` on
+    ``device`` as ``(affinities, init) -> (embedding, info)``.
+
+    ``params`` take openTSNE's names (``n_iter``, ``early_exaggeration_iter``,
+    ``learning_rate``, ...) plus ``chunk_size`` and ``dtype``; ``perplexity``,
+    ``n_jobs``, ``random_state``, ``n_components`` and ``initialization`` are
+    for the other steps.  Unknown names are refused here, before any work.
+    """
+    from repdiag.diagnostics.tsne_torch import DEFAULTS, optimize
 
     allowed = set(DEFAULTS) | {"chunk_size", "dtype"}
     ignored = {"perplexity", "n_jobs", "random_state"}
@@ -194,21 +183,140 @@ def _torch_options(params: dict) -> dict:
     n_components = params.get("n_components", 2)
     if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
         raise UserError(f"n_components must be a positive integer, got {n_components!r}")
-    init = params.get("initialization", "pca")
-    if isinstance(init, str) and init not in ("pca", "random"):
-        raise UserError(f"the torch t-SNE takes initialization 'pca', 'random' or an array, got {init!r}")
+    _check_initialization(params.get("initialization", "pca"), ("pca", "random"), "the torch t-SNE")
     opts = {k: v for k, v in params.items()
             if k in allowed and k not in ("n_components", "initialization")}
-    return {"n_components": n_components, "init": init, "opts": opts}
+
+    def optimise(aff, init) -> tuple[np.ndarray, dict]:
+        emb, info = optimize(aff.P, init, device=device, **opts)
+        return emb.cpu().to(torch.float64).numpy(), info
+
+    return optimise
 
 
-def _opentsne_affinities(X: torch.Tensor, perplexity: float, method: str, jobs: int, seed: int):
-    """openTSNE's own perplexity affinities with neighbour search ``method`` (e.g. annoy)."""
-    from openTSNE.affinity import PerplexityBasedNN
+def _check_initialization(how: Any, known: tuple[str, ...], who: str = "t-SNE") -> None:
+    if isinstance(how, str) and how not in known:
+        raise UserError(f"{who} takes initialization {', '.join(repr(k) for k in known)} or an "
+                        f"array, got {how!r}")
 
-    data = X.detach().cpu().to(torch.float64).numpy()
+
+# --- the composition -----------------------------------------------------------------------------
+
+def tsne(X: Any, labels: Any = None, *, n_jobs: int | None = None, perplexity: float = 30,
+         seed: int = 0, neighbors: str = "exact", device: Any = None, backend: str | None = None,
+         exact_limit: int = EXACT_LIMIT, **kw: Any) -> TSNEResult:
+    """t-SNE map of X (N×m) to 2-D, PCA initialisation (paper G Fig. 1 uses t-SNE).
+
+    :func:`affinities` from the ⌊3·perplexity⌋ nearest neighbours of each point:
+    ``neighbors="exact"`` (default) finds them exactly with repdiag's chunked
+    GEMM + top-k; ``neighbors="annoy"`` (or any other openTSNE method) leaves the
+    search to openTSNE.  Then :func:`initial_embedding` and one of two optimisers
+    on the same affinities:
+
+    - ``backend="opentsne"`` (the default for ``device`` None or "cpu"):
+      :func:`opentsne_optimiser`, openTSNE's Barnes-Hut (N < 10,000) or
+      FFT-interpolated gradient.
+    - ``backend="torch"`` (the default for ``device="cuda"``/``"cuda:N"``;
+      on the CPU when asked for explicitly): :func:`torch_optimiser`, the exact
+      gradient in torch with openTSNE's defaults and optimiser.
+      Above ``exact_limit`` points (default 20,000) on a GPU the exact gradient's
+      O(N²) cost loses to openTSNE's O(N) one: openTSNE runs on the host instead,
+      with a one-line notice on stderr.
+
+    ``device`` naming a CUDA device this machine lacks is a UserError, before any
+    work, as are bad options.  ``params`` in the result say which backend ran
+    (``"backend"``) and, for N ≤ ``exact_limit``, the final KL(P‖Q) computed
+    exactly on the embedding (``"kl_divergence"``), the same formula for both
+    backends.
+
+    ``n_jobs`` defaults to ``os.cpu_count()`` (openTSNE's own default is 1); the
+    BLAS/OpenMP thread pools are limited to the same number while it runs
+    (openTSNE's ``n_jobs`` alone does not bound them), and torch's intra-op
+    threads to min(n_jobs, ``torch.get_num_threads()``), so a caller's lower torch
+    setting stands.  ``random_state=seed``.  Other keyword arguments go to
+    ``openTSNE.TSNE`` (e.g. ``n_iter``, ``early_exaggeration_iter``,
+    ``learning_rate``, ``negative_gradient_method``, ``initialization``) or, for
+    the torch backend, to :func:`~repdiag.diagnostics.tsne_torch.optimize` (the
+    same names, plus ``chunk_size`` and ``dtype``).
+    """
+    dev, backend = _device_and_backend(device, backend, exact_limit)
+    X, lab = _checked_input(X, labels, perplexity)
+    n = X.shape[0]
+    jobs = int(n_jobs) if n_jobs is not None else (os.cpu_count() or 1)
+    extra: dict[str, Any] = {}
+    if backend == "torch" and dev.type == "cuda" and n > exact_limit:
+        print(f"repdiag: t-SNE of {n} points is above the exact-gradient GPU limit ({exact_limit}); "
+              "optimising with openTSNE on the host instead", file=sys.stderr, flush=True)
+        backend, extra["fallback"] = "opentsne", f"N > exact_limit={exact_limit}"
+    params = {"perplexity": float(perplexity), "initialization": "pca", "n_jobs": jobs,
+              "random_state": int(seed), **kw}
+    params.setdefault("n_components", 2)
+    on_torch = backend == "torch"
+    if on_torch:
+        optimise = torch_optimiser(params, dev)
+    else:
+        optimise = opentsne_optimiser({**params, "neighbors": "auto" if neighbors == "exact"
+                                       else neighbors}, exact_limit=exact_limit)
+    rs = seed if on_torch else params["random_state"]  # openTSNE seeds search and init with it
+    search = {} if on_torch else {k: params[k] for k in SEARCH_OPTIONS if k in params}
+    with _thread_limits(jobs):
+        P = affinities(X, perplexity, neighbors, device=dev, n_jobs=jobs,
+                       seed=seed if neighbors == "exact" else rs, **search)
+        init = initial_embedding(X.to(dev) if on_torch else X, params["initialization"],
+                                 params["n_components"], rs, P=P.P, torch_pca=on_torch,
+                                 verbose=params.get("verbose", False))
+        emb, info = optimise(P, init)
+    extra.update(info)
+    plain = {k: (v if isinstance(v, (str, int, float, bool, type(None))) else repr(v))
+             for k, v in {**params, "neighbors": neighbors, "backend": backend,
+                          "device": str(dev) if on_torch else "cpu", **extra}.items()}
+    return TSNEResult(embedding=emb, labels=lab, params=plain, n=int(n))
+
+
+def _device_and_backend(device: Any, backend: str | None, exact_limit: Any
+                        ) -> tuple[torch.device, str]:
+    """The checked device (CPU when None) and backend (torch for a CUDA device, else opentsne)."""
+    dev = None if device is None else check_device(str(device), "t-SNE device")
+    if backend is None:
+        backend = "torch" if dev is not None and dev.type == "cuda" else "opentsne"
+    if backend not in ("opentsne", "torch"):
+        raise UserError(f"unknown t-SNE backend {backend!r}; choose opentsne or torch")
+    if isinstance(exact_limit, bool) or not isinstance(exact_limit, int) or exact_limit < 2:
+        raise UserError(f"exact_limit must be an integer >= 2, got {exact_limit!r}")
+    return dev or torch.device("cpu"), backend
+
+
+def _checked_input(X: Any, labels: Any, perplexity: float) -> tuple[torch.Tensor, np.ndarray | None]:
+    """X as a float matrix (rescaled to unit scale when far from it) and the labels as numpy;
+    a bad perplexity or points that do not vary are a UserError."""
+    X = as_matrix(X, "X", min_rows=2)
+    top = float(X.abs().max())
+    if top > 0 and not 1e-6 <= top <= 1e6:
+        # far from unit scale (float64 features of 1e39 or 1e-50): the perplexity-calibrated
+        # affinities do not depend on a global scale, but float32 steps inside the
+        # optimisers overflow or underflow, so map onto unit scale first
+        X = X / top
+    n = X.shape[0]
+    lab = None if labels is None else as_labels(labels, n, "labels", torch.device("cpu")).numpy()
+    if not perplexity > 0:
+        raise UserError(f"perplexity must be positive, got {perplexity!r}")
+    if 3 * perplexity >= n:
+        raise UserError(f"perplexity {perplexity} is too large for {n} points (need n > 3*perplexity)")
+    if bool((X == X[:1]).all()):  # no distances: the affinities are 0/0 and the map all NaN
+        raise UserError(f"t-SNE: all {n} points are identical (the features do not "
+                        "vary), so there is no map to draw")
+    return X, lab
+
+
+@contextlib.contextmanager
+def _thread_limits(jobs: int):
+    """BLAS/OpenMP pools limited to ``jobs`` threads, torch's to min(jobs, its current count)."""
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
     try:
-        return PerplexityBasedNN(data, perplexity=float(perplexity), method=method, n_jobs=jobs,
-                                 random_state=int(seed))
-    except (TypeError, ValueError) as e:
-        raise UserError(f"bad t-SNE neighbour option {method!r}: {e}") from None
+        with threadpool_limits(limits=jobs):
+            torch.set_num_threads(min(jobs, threads))
+            yield
+    finally:
+        torch.set_num_threads(threads)
