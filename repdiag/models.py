@@ -150,36 +150,52 @@ def default_cifar_stem(image_size: int) -> bool:
     return image_size <= 64
 
 
-@dataclass
-class HeadSpec:
-    """Declarative description of a projection head g: h -> z.
+#: DirectCLR's d0 for the 2048-d features of a ResNet-50 (Jing et al. 2022)
+DIRECTCLR_D0 = 360
+#: head kinds without parameters: nothing for a scheme to update
+PARAMETER_FREE_HEADS = ("none", "directclr")
 
-    kind: ``none`` (identity), ``linear``, ``mlp`` (Linear-[BN]-act-...-Linear),
-    ``directclr`` (z = h[:, :d0], no parameters), ``ae`` (paper S: an MLP
-    without BN whose first layer comes from an autoencoder's embedding layer).
-    ``num_layers`` counts the Linear layers of an MLP (2 as in G, 3 for the
-    usual SimSiam projector); ``last_bn`` adds a BN after the last layer
-    (SimSiam).
+
+def directclr_d0(d0: int | None, in_dim: int) -> int:
+    """DirectCLR's d0 (z = h[:, :d0]): ``d0`` as given, or by default its reference 360 for
+    2048-d ResNet-50 features scaled to ``in_dim``, round(360 m / 2048) (at least 1)."""
+    if d0 is not None:
+        return d0
+    return max(1, round(DIRECTCLR_D0 * in_dim / 2048))
+
+
+@dataclass
+class HeadOptions:
+    """What a projection head g: h -> z is, apart from the size m of its input.
+
+    One description for both sides: a training config's ``head:`` section
+    (``train.settings.HeadConfig`` adds the trainer's own keys to these) and a
+    checkpoint's :class:`HeadSpec` (which adds ``in_dim``). kind: ``none``
+    (identity), ``linear``, ``mlp`` (Linear-[BN]-act-...-Linear), ``directclr``
+    (z = h[:, :d0], no parameters), ``ae`` (paper S: an MLP without BN whose first
+    layer comes from an autoencoder's embedding layer), ``sequential`` (a foreign
+    projector layer by layer; :class:`HeadSpec` only). ``num_layers`` counts the
+    Linear layers of an MLP (2 as in G, 3 for the usual SimSiam projector);
+    ``last_bn`` adds a BN after the last layer (SimSiam). The defaults are paper
+    G's MLP m -> 512 -> 128.
     """
 
     kind: str = "mlp"
-    in_dim: int = 2048
     hidden_dim: int = 512
     out_dim: int = 128
     activation: str = "relu"
     bias: bool = True
     batchnorm: bool = True
     num_layers: int = 2
-    last_bn: bool = False
-    d0: int = 360
+    # DirectCLR: z = h[:, :d0]. None = DirectCLR's 360 of a 2048-d ResNet-50 scaled to the
+    # backbone's feature size m, round(360 * m / 2048) (22 for m = 128): directclr_d0.
+    d0: int | None = None
     init: str = "default"
-    # kind "sequential": the projector of another library layer by layer, index for index
-    # (so its state dict loads unchanged): {"type": "linear", "in": int, "out": int,
-    # "bias": bool}, {"type": "bn", "dim": int, "affine": bool} or {"type": "relu"} (or
-    # silu / sigmoid / tanh).
-    layers: list | None = None
+    last_bn: bool = False
 
-    def validate(self) -> None:
+    def check(self, in_dim: int | None = None) -> None:
+        """Refuse an impossible head in one line (:class:`UserError`); with the input size
+        ``in_dim`` (m) known, also a DirectCLR d0 outside 1..m."""
         if self.kind not in HEAD_KINDS:
             raise UserError(f"unknown head kind '{self.kind}'; known: {', '.join(HEAD_KINDS)}")
         if self.activation not in ACTIVATIONS:
@@ -188,17 +204,66 @@ class HeadSpec:
             )
         if self.kind in ("mlp", "ae") and self.num_layers < 2:
             raise UserError(f"an MLP head needs num_layers >= 2, got {self.num_layers}")
-        if self.kind == "directclr" and not 0 < self.d0 <= self.in_dim:
-            raise UserError(
-                f"head.d0={self.d0} must be in 1..{self.in_dim} (the backbone feature size)"
-            )
-        for name in ("in_dim", "hidden_dim", "out_dim"):
-            if getattr(self, name) < 1:
-                raise UserError(f"head.{name} must be positive, got {getattr(self, name)}")
+        if self.d0 is not None and self.d0 < 1:
+            raise UserError(f"head.d0 must be positive, got {self.d0}")
+        if self.kind == "directclr" and in_dim is not None:
+            d0 = directclr_d0(self.d0, in_dim)
+            if not d0 <= in_dim:
+                raise UserError(f"head.d0={d0} must be in 1..{in_dim} (the backbone feature size)")
+        dims = (("in_dim", in_dim),) if in_dim is not None else ()
+        for name, value in (*dims, ("hidden_dim", self.hidden_dim), ("out_dim", self.out_dim)):
+            if value < 1:
+                raise UserError(f"head.{name} must be positive, got {value}")
         if self.init not in ("default", "glorot"):
             raise UserError(f"unknown head init '{self.init}'; known: default, glorot")
         if self.kind == "sequential":
-            _validate_layers(self.layers, self.in_dim)
+            self._check_layers(in_dim)
+
+    def _check_layers(self, in_dim: int | None) -> None:
+        """Only a :class:`HeadSpec` carries the layer list a sequential head needs."""
+        _validate_layers(None, in_dim)
+
+    @property
+    def has_parameters(self) -> bool:
+        """Whether the head has weights a scheme could update (not ``none``/``directclr``)."""
+        return self.kind not in PARAMETER_FREE_HEADS
+
+
+@dataclass
+class HeadSpec(HeadOptions):
+    """Declarative description of a projection head g: h -> z, as a checkpoint stores it:
+    the :class:`HeadOptions` and the input size ``in_dim`` (m).
+
+    ``d0`` left unset reads as 360 (old checkpoints always store it);
+    :meth:`from_options` resolves a config's default with :func:`directclr_d0`.
+    """
+
+    in_dim: int = 2048
+    # kind "sequential": the projector of another library layer by layer, index for index
+    # (so its state dict loads unchanged): {"type": "linear", "in": int, "out": int,
+    # "bias": bool}, {"type": "bn", "dim": int, "affine": bool} or {"type": "relu"} (or
+    # silu / sigmoid / tanh).
+    layers: list | None = None
+
+    def __post_init__(self):
+        if self.d0 is None:
+            self.d0 = DIRECTCLR_D0
+
+    @classmethod
+    def from_options(cls, options: HeadOptions, in_dim: int) -> HeadSpec:
+        """The spec of the head ``options`` describe on ``in_dim``-dim features (the one
+        conversion from a training config's ``head:`` section; DirectCLR's d0 resolved)."""
+        fields = {f.name: getattr(options, f.name) for f in dataclasses.fields(HeadOptions)}
+        if options.kind == "directclr":
+            fields["d0"] = directclr_d0(options.d0, in_dim)
+        return cls(**fields, in_dim=in_dim)
+
+    def validate(self) -> None:
+        """Refuse an impossible head in one line (:meth:`HeadOptions.check` at ``in_dim``)."""
+        self.check(self.in_dim)
+
+    def _check_layers(self, in_dim: int | None) -> None:
+        _validate_layers(self.layers, in_dim)
 
     @property
     def output_dim(self) -> int:

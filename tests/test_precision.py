@@ -55,11 +55,11 @@ def test_auto_is_fp32_on_the_cpu_and_recorded(tmp_path):
 
 
 def test_bf16_on_the_cpu_is_close_to_fp32_and_the_loss_gets_fp32(tmp_path, monkeypatch):
-    import train.schemes.base as base
+    import train.methods as methods
 
     seen = []
-    real = base.nt_xent
-    monkeypatch.setattr(base, "nt_xent", lambda z1, z2, t: seen.append((z1.dtype, z2.dtype))
+    real = methods.nt_xent
+    monkeypatch.setattr(methods, "nt_xent", lambda z1, z2, t: seen.append((z1.dtype, z2.dtype))
                         or real(z1, z2, t))
     fp32, _ = first_batch_loss(tmp_path, "fp32", "precision=fp32")
     bf16, tr = first_batch_loss(tmp_path, "bf16", "precision=bf16")

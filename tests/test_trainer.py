@@ -159,9 +159,9 @@ def test_directclr_default_d0_scales_with_the_feature_size(tmp_path, capsys):
 
     assert yaml.safe_load((out / "config.yaml").read_text())["head"]["d0"] == ck.head_spec.d0
     # the resnet50 value stays DirectCLR's own
-    from train.config import directclr_d0
+    from repdiag.models import directclr_d0
 
-    assert directclr_d0(tiny_config("head.kind=directclr"), 2048) == 360
+    assert directclr_d0(tiny_config("head.kind=directclr").head.d0, 2048) == 360
 
 
 def test_validation_loss_is_logged_and_best_checkpoint_kept(tmp_path):

@@ -1,10 +1,15 @@
 """Typed run configuration, YAML presets and ``--set key=value`` overrides.
 
-A run is described by :class:`TrainConfig`, a tree of dataclasses. Presets are
-YAML files in ``train/presets/`` (or any YAML path) holding a partial tree;
-``--set head.kind=linear`` overrides one dotted field, with the value parsed to
-the field's declared type. Unknown keys and badly typed values are user
-errors (one line, exit code 2).
+A run is described by :class:`TrainConfig`, a tree of dataclasses
+(:mod:`train.settings`). Presets are YAML files in ``train/presets/`` (or any
+YAML path) holding a partial tree; ``--set head.kind=linear`` overrides one
+dotted field, with the value parsed to the field's declared type. Unknown keys
+and badly typed values are user errors (one line, exit code 2), and so is
+every impossible setting or combination (:func:`validate`, before any work):
+the names of methods, schemes and optimisers come from their registries
+(:data:`train.methods.METHODS`, :data:`train.schemes.SCHEMES`,
+:mod:`train.optim`), each scheme checks its own part of the config, and the
+head section is checked as the head the run will build.
 """
 
 from __future__ import annotations
@@ -15,172 +20,27 @@ import math
 import os
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from repdiag.errors import UserError
+from repdiag.models import HeadSpec
 from repdiag.runs import SELECT
+from train.methods import METHODS
+from train.optim import OPTIMIZERS, SCHEDULES
+from train.schemes import SCHEMES
+from train.schemes.bilevel import INNER_OPTIMIZERS
+from train.settings import (  # noqa: F401  (the config tree, importable from here as well)
+    AugmentSettings,
+    HeadConfig,
+    OptimConfig,
+    SchemeConfig,
+    TrainConfig,
+)
 from train.yaml_data import load_yaml, read_yaml_file
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
-@dataclass
-class HeadConfig:
-    """Projection head (see repdiag.models.HeadSpec); paper G: MLP m->512->128."""
-
-    kind: str = "mlp"
-    hidden_dim: int = 512
-    out_dim: int = 128
-    activation: str = "relu"
-    bias: bool = True
-    batchnorm: bool = True
-    num_layers: int = 2
-    # DirectCLR: z = h[:, :d0]. None = DirectCLR's 360 of a 2048-d ResNet-50 scaled to the
-    # backbone's feature size m, round(360 * m / 2048) (22 for m = 128); the value used is
-    # written back into the run's config.
-    d0: int | None = None
-    init: str = "default"
-    last_bn: bool = False
-    # Path to another repdiag checkpoint whose head weights initialise this head
-    # (shapes must match). With scheme.kind=fixed the loaded head is then frozen
-    # (paper G Table 2, "SimCLR based pre-training"); with any other scheme it is
-    # only an initialisation.
-    pretrained: str | None = None
-    ae_checkpoint: str | None = None  # kind "ae": file written by `repdiag train-ae`
-    ae_frozen: bool = True  # kind "ae": keep the embedding layer fixed (paper S)
-    # kind "ae" without ae_checkpoint: the trainer first trains paper S's autoencoder on the
-    # run's data (latent = hidden_dim) for this many epochs into OUT/autoencoder/
-    ae_epochs: int = 100
-
-
-@dataclass
-class SchemeConfig:
-    """How the head is updated: joint backpropagation by default (see train/schemes/).
-
-    joint, fixed, pca-top, pca-bottom, slow-single, slow-optimal, bilevel.
-    """
-
-    kind: str = "joint"
-    # bilevel (paper G eq. 8): l inner head steps per mini-batch, proximal
-    # strength lambda. Inner optimiser: Adam at the outer learning rate (G §5: "the Adam
-    # optimizer ... the same learning rate with five inner optimization steps"; its state
-    # persists across mini-batches), or momentum SGD (inner_momentum). inner_lr None = optim.lr.
-    inner_steps: int = 5
-    lam: float = 1.0
-    inner_optim: str = "adam"
-    inner_lr: float | None = None
-    inner_momentum: float = 0.9
-    # pca-top / pca-bottom: size of the fixed training subset the PCA runs on; None = the
-    # whole training split. It must exceed the feature size m by far, or the bottom
-    # directions come from the (arbitrary) zero eigenspace of a rank-deficient sample.
-    pca_subset: int | None = None
-    # slow-optimal: subset size, relative-loss-change tolerance and step cap.
-    slow_subset: int = 2048
-    slow_tol: float = 1e-4
-    slow_max_steps: int = 200
-
-
-@dataclass
-class OptimConfig:
-    """Optimizer: paper G uses Adam, lr 1e-3, weight decay 1e-6, no schedule."""
-
-    name: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 1e-6
-    momentum: float = 0.9
-    schedule: str = "none"
-    min_lr_ratio: float = 0.02
-
-
-@dataclass
-class AugmentSettings:
-    """Two-view augmentation of paper G §5 (SimCLR's, with crop scale 0.2-1)."""
-
-    crop_scale_min: float = 0.2
-    crop_scale_max: float = 1.0
-    flip_p: float = 0.5
-    jitter_strength: float = 0.4
-    jitter_hue: float = 0.1
-    jitter_p: float = 0.8
-    gray_p: float = 0.2
-    blur_p: float = 0.0
-    normalize: bool = False
-    # per-channel Z-score with statistics of the training split only (paper S's statistic:
-    # mean over images of per-image channel means / stds); overrides ``normalize``. S
-    # normalised each split with its own statistics, a leak we do not copy. Applied after
-    # augmentation (S says before): colour jitter and grayscale work on [0, 1] images and
-    # clamp to that range; crop, resize and flip commute with the per-channel affine map.
-    zscore: bool = False
-
-
-@dataclass
-class TrainConfig:
-    """One training run. Defaults are paper G's (SimCLR, CIFAR-10, ResNet-50)."""
-
-    name: str = "run"
-    method: str = "simclr"
-    # SimSiam predictor hidden width; None = max(1, head output dim // 4) (Chen & He: 2048/4).
-    pred_hidden: int | None = None
-    data: str = "cifar10"
-    data_root: str | None = None
-    data_limit: int | None = None
-    # validation carved from the official training split (split_scheme standard); paper G
-    # trains on the whole training split (val_fraction 0), paper S uses split_scheme "s":
-    # official train + test pooled and cut 70/10/20 into train/val/test with the run's seed.
-    val_fraction: float = 0.1
-    split_scheme: str = "standard"
-    # seeds the splits (and generated data); None = seed. Paper S keeps one split for all runs.
-    split_seed: int | None = None
-    # dataset options: images resized to image_size at load time (None = the loader's
-    # default), label_level for FGVC-Aircraft (variant 100 / family 70 / manufacturer 30 classes)
-    image_size: int | None = None
-    label_level: str | None = None
-    backbone: str = "resnet50"
-    width: float = 1.0
-    cifar_stem: bool | None = None
-    epochs: int = 500
-    batch_size: int = 256
-    temperature: float = 0.5
-    seed: int = 0
-    device: str = "auto"
-    # how the run computes, not what it trains (none of these changes a paper's setting):
-    # precision fp32 | bf16 | auto (bf16 autocast around the backbone/head forwards on a GPU
-    # that supports it, fp32 on the CPU; losses, bilevel inner steps and PCA/slow refits
-    # stay fp32); channels_last None = on for a CUDA device; compile = torch.compile the
-    # backbone (opt-in); data_on_device None = hold the uint8 training images on the device
-    # when they take at most a quarter of its free memory (always on the CPU), else batches
-    # come from a DataLoader with data_workers workers (None = 4 on a GPU, 0 on the CPU).
-    precision: str = "auto"
-    channels_last: bool | None = None
-    compile: bool = False
-    data_on_device: bool | None = None
-    data_workers: int | None = None
-    # processes the run was trained with (torchrun); written by the trainer, batch_size is
-    # the global batch split evenly over them.
-    world_size: int = 1
-    pretrained_backbone: str | None = None  # "imagenet": torchvision weights (paper S)
-    save_every: int = 0
-    knn_every: int = 1
-    knn_subset: int = 2000
-    knn_k: int = 200
-    # which checkpoint stands for the run in sweeps and analyses: "last" (paper G) or "best",
-    # the lowest validation contrastive loss (paper S), kept as best.pt beside last.pt.
-    select: str = "last"
-    head: HeadConfig = field(default_factory=HeadConfig)
-    scheme: SchemeConfig = field(default_factory=SchemeConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    augment: AugmentSettings = field(default_factory=AugmentSettings)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-METHODS = ("simclr", "simsiam")
-SCHEMES = ("joint", "fixed", "pca-top", "pca-bottom", "slow-single", "slow-optimal", "bilevel")
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("none", "cosine")
-INNER_OPTIMIZERS = ("adam", "sgd")
 LABEL_LEVELS = ("variant", "family", "manufacturer")  # FGVC-Aircraft: 100 / 70 / 30 classes
 
 
@@ -361,7 +221,10 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith(("cuda", "mps")):
         raise UserError(f"unknown device '{cfg.device}'; use auto, cpu, cuda or cuda:N")
     _validate_compute(cfg)
-    _validate_scheme(cfg)
+    SCHEMES[cfg.scheme.kind].check_config(cfg)  # first: it may settle head.kind (PCA)
+    cfg.head.check()
+    check_head(cfg)
+    _validate_scheme_fields(cfg)
 
 
 def _validate_numbers(cfg: TrainConfig) -> None:
@@ -445,25 +308,19 @@ def _validate_compute(cfg: TrainConfig) -> None:
         raise UserError(f"world_size must be at least 1, got {cfg.world_size}")
 
 
-def _validate_scheme(cfg: TrainConfig) -> None:
-    """Refuse scheme/method/head combinations that cannot mean anything."""
-    s, kind, head = cfg.scheme, cfg.scheme.kind, cfg.head.kind
-    if kind.startswith("pca-") and head == "mlp":
-        # the PCA schemes define the head: a linear map onto k principal directions of H
-        # (paper G §5.2); a preset's MLP head becomes that linear head, recorded as such.
-        cfg.head.kind = head = "linear"
-    if kind.startswith("pca-") and head != "linear":
-        raise UserError(f"scheme.kind={kind} needs head.kind=linear (got '{head}'): the PCA "
-                        "scheme replaces the head by the linear map onto principal directions")
-    if kind == "slow-optimal" and cfg.method == "simsiam":
-        raise UserError("scheme.kind=slow-optimal is not supported with method=simsiam: "
-                        "optimising the head to convergence against SimSiam's stop-gradient "
-                        "target with a frozen backbone admits the collapsed constant head")
-    if kind in ("slow-single", "slow-optimal", "bilevel") and head in ("none", "directclr"):
-        raise UserError(f"scheme.kind={kind} updates the head, but head.kind={head} has no "
-                        "parameters; use scheme.kind=fixed or a linear/mlp head")
-    if cfg.head.d0 is not None and cfg.head.d0 < 1:
-        raise UserError(f"head.d0 must be positive, got {cfg.head.d0}")
+def check_head(cfg: TrainConfig) -> None:
+    """The head the run will build, checked before any work: with the backbone's feature size
+    m known from the config (the ResNets), ``HeadSpec.from_options(cfg.head, m)`` must be valid
+    (e.g. DirectCLR's d0 in 1..m); for other backbones that check waits for the backbone."""
+    m = backbone_feature_dim(cfg.backbone, cfg.width)
+    if m is not None:
+        HeadSpec.from_options(cfg.head, m).validate()
+
+
+def _validate_scheme_fields(cfg: TrainConfig) -> None:
+    """The numbers of the scheme section (whatever the scheme: a preset may set them for a
+    later ``--set scheme.kind``) and the SimSiam predictor width."""
+    s = cfg.scheme
     if s.inner_steps < 0:
         raise UserError(f"scheme.inner_steps must be >= 0, got {s.inner_steps}")
     if not s.lam >= 0:
@@ -482,14 +339,6 @@ def _validate_scheme(cfg: TrainConfig) -> None:
         raise UserError(f"scheme.slow_tol must be >= 0, got {s.slow_tol}")
     if cfg.pred_hidden is not None and cfg.pred_hidden < 1:
         raise UserError(f"pred_hidden must be positive, got {cfg.pred_hidden}")
-
-
-def directclr_d0(cfg: TrainConfig, feature_dim: int) -> int:
-    """DirectCLR's d0 for a backbone of ``feature_dim`` features: ``head.d0``, or by default
-    its reference value 360 (for 2048-d ResNet-50 features) scaled to the feature size."""
-    if cfg.head.d0 is not None:
-        return cfg.head.d0
-    return max(1, round(360 * feature_dim / 2048))
 
 
 def dataset_options(cfg: TrainConfig) -> dict:
@@ -545,15 +394,30 @@ def check_number_fields(cfg, prefix: str = "") -> None:
 
 
 @functools.lru_cache(maxsize=32)
-def backbone_parameters(name: str, width: float) -> int:
-    """Number of parameters of ``name`` at ``width``, counted on the meta device (no memory)."""
+def _meta_backbone(name: str, width: float) -> tuple[int, int]:
+    """(parameters, feature size m) of ResNet ``name`` at ``width``, built on the meta device."""
     import torch
 
     from repdiag.models import BackboneSpec, build_backbone
 
     with torch.device("meta"):
         net = build_backbone(BackboneSpec(name, width, True))
-    return sum(p.numel() for p in net.parameters())
+    return sum(p.numel() for p in net.parameters()), int(net.feature_dim)
+
+
+def backbone_parameters(name: str, width: float) -> int:
+    """Number of parameters of ``name`` at ``width``, counted on the meta device (no memory)."""
+    return _meta_backbone(name, width)[0]
+
+
+def backbone_feature_dim(name: str, width: float) -> int | None:
+    """The feature size m of backbone ``name`` at ``width`` (None where the config alone does
+    not decide it: backbones other than the ResNets)."""
+    from repdiag.models import BACKBONES
+
+    if name not in BACKBONES:
+        return None
+    return _meta_backbone(name, width)[1]
 
 
 def memory_estimate(cfg: TrainConfig) -> int:
@@ -595,10 +459,8 @@ def check_memory(cfg: TrainConfig) -> None:
 
 
 def validate_ae_and_pretrained(cfg: TrainConfig) -> None:
-    """Paper S's autoencoder head and ImageNet-initialised backbone: what can be checked early."""
-    if cfg.head.kind == "ae":
-        if cfg.head.ae_epochs < 1:
-            raise UserError(f"head.ae_epochs must be at least 1, got {cfg.head.ae_epochs}")
+    """Paper S's ImageNet-initialised backbone: what can be checked early (its autoencoder
+    head is checked with the head section, :meth:`train.settings.HeadConfig.check`)."""
     if cfg.pretrained_backbone is not None:
         if cfg.pretrained_backbone != "imagenet":
             raise UserError(f"unknown pretrained_backbone '{cfg.pretrained_backbone}'; "

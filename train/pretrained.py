@@ -1,16 +1,21 @@
-"""``pretrained_backbone: imagenet``: start the backbone from torchvision's ImageNet weights.
+"""Pretrained weights a run starts from: the backbone's and the head's.
 
-Paper S initialised its ResNet-34 this way (keeping the 7x7 stem even at 32 px).
-repdiag's backbones use torchvision's parameter names, so torchvision's state
-dict loads directly (its classifier ``fc.*`` is dropped). The weights come from
-torchvision's cache or are downloaded; offline, the run stops with one line
-saying how to train without them.
+``pretrained_backbone: imagenet``: the backbone starts from torchvision's
+ImageNet weights. Paper S initialised its ResNet-34 this way (keeping the 7x7
+stem even at 32 px). repdiag's backbones use torchvision's parameter names, so
+torchvision's state dict loads directly (its classifier ``fc.*`` is dropped).
+The weights come from torchvision's cache or are downloaded; offline, the run
+stops with one line saying how to train without them.
+
+``head.pretrained: PATH``: the head starts from another repdiag run's head
+(paper G Table 2, frozen there by ``scheme.kind=fixed``).
 """
 
 from __future__ import annotations
 
 from torch import nn
 
+from repdiag.checkpoint import load_checkpoint
 from repdiag.errors import UserError, reason
 
 OFFLINE_HINT = "run without them with --set pretrained_backbone=null"
@@ -46,3 +51,19 @@ def load_imagenet_backbone(backbone: nn.Module, name: str, *, width: float,
         raise UserError(f"torchvision's ImageNet weights for {name} do not fit the backbone "
                         f"(first mismatch: {bad[0]}); {OFFLINE_HINT}")
     backbone.load_state_dict(state, strict=True)
+
+
+def load_pretrained_head(head: nn.Module, path: str) -> None:
+    """Load the head weights of another repdiag checkpoint into ``head`` (shapes must match)."""
+    ck = load_checkpoint(path)
+    theirs, ours = ck.head_spec, head.spec
+    if theirs.kind != ours.kind:
+        raise UserError(f"head.pretrained={path}: that run's head is '{theirs.kind}', "
+                        f"this run's is '{ours.kind}'; set head.kind={theirs.kind}")
+    try:
+        head.load_state_dict(ck.head_state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise UserError(f"head.pretrained={path}: its head does not fit this run's head "
+                        f"(in_dim {theirs.in_dim}->{ours.in_dim}, out_dim "
+                        f"{theirs.out_dim}->{ours.out_dim}): {first[-1].strip()}") from None

@@ -47,18 +47,13 @@ from train.autoencoder import (
     train_autoencoder,
     zscore_stats,
 )
-from train.config import (
-    LEGACY_VALUES,
-    TrainConfig,
-    dataset_options,
-    directclr_d0,
-    from_dict,
-    validate,
-)
+from train.config import LEGACY_VALUES, TrainConfig, dataset_options, from_dict, validate
 from train.distributed import convert_sync_batchnorm, init_world, wrap_backbone
 from train.monitor import epoch_monitor
+from train.optim import build_scheduler
 from train.output import checked
-from train.schemes import build_scheme, load_pretrained_head
+from train.pretrained import load_imagenet_backbone, load_pretrained_head
+from train.schemes import build_scheme
 
 
 class DivergedError(UserError, FloatingPointError):
@@ -179,18 +174,12 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.backbone = build_backbone(self.backbone_spec)
         if cfg.pretrained_backbone == "imagenet" and not resume:  # paper S; resume restores
-            from train.pretrained import load_imagenet_backbone
-
             load_imagenet_backbone(self.backbone, cfg.backbone, width=cfg.width,
                                    cifar_stem=cifar_stem)
         h = cfg.head
+        self.head_spec = HeadSpec.from_options(h, self.backbone.feature_dim)
         if h.kind == "directclr":  # the d0 used is recorded in config.yaml and the checkpoint
-            h.d0 = directclr_d0(cfg, self.backbone.feature_dim)
-        self.head_spec = HeadSpec(kind=h.kind, in_dim=self.backbone.feature_dim,
-                                  hidden_dim=h.hidden_dim, out_dim=h.out_dim,
-                                  activation=h.activation, bias=h.bias, batchnorm=h.batchnorm,
-                                  num_layers=h.num_layers, init=h.init, last_bn=h.last_bn,
-                                  **({"d0": h.d0} if h.d0 is not None else {}))
+            h.d0 = self.head_spec.d0
         self.head = build_head(self.head_spec)
         if h.pretrained and not resume:  # frozen only with scheme.kind=fixed; else an init
             load_pretrained_head(self.head, h.pretrained)
@@ -216,7 +205,8 @@ class Trainer:
             for m in self.scheme.method.modules():  # SimSiam's predictor
                 convert_sync_batchnorm(m, self.device)
         self.steps_per_epoch = max(1, len(self.data.train) // cfg.batch_size)
-        self.scheduler = self._build_scheduler()
+        self.scheduler = build_scheduler(self.scheme.optimizer, cfg.optim,
+                                         cfg.epochs * self.steps_per_epoch)
         self.epoch = 0
         self.step = 0
         self.metrics: list[dict] = []
@@ -320,18 +310,6 @@ class Trainer:
         if not resume and (self.out / "last.pt").exists():
             raise UserError(f"{self.out} already holds a run; use --resume {self.out} "
                             "or another --out")
-
-    def _build_scheduler(self):
-        o = self.cfg.optim
-        if o.schedule == "none":
-            return None
-        total = self.cfg.epochs * self.steps_per_epoch
-
-        def cosine(step: int) -> float:
-            t = min(step, total) / max(1, total)
-            return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-        return torch.optim.lr_scheduler.LambdaLR(self.scheme.optimizer, cosine)
 
     def _restore(self, path: Path) -> None:
         ck = load_checkpoint(path)

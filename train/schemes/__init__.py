@@ -6,12 +6,15 @@ mini-batch of two views, ``on_train_start(trainer)`` before the first epoch of
 a fresh run, and ``on_epoch_end(trainer)`` for schemes that update the head
 between epochs. ``extra_state``/``load_extra`` carry whatever a scheme (or the
 method, e.g. SimSiam's predictor) must keep across a resume (plain types and
-tensors only). Registered under ``scheme.kind``:
+tensors only). Each scheme checks its part of a config in the classmethod
+``check_config(cfg)``, which the config validation calls before any work.
+Registered under ``scheme.kind`` in :data:`SCHEMES`:
 
 - ``joint``: standard backprop through head and backbone (:class:`JointScheme`);
 - ``fixed``: the head is never updated (:class:`FixedScheme`);
 - ``pca-top`` / ``pca-bottom``: linear head = top/bottom principal directions
-  of H, refitted at each epoch end (:mod:`train.schemes.pca`);
+  of H, refitted at each epoch end (:mod:`train.schemes.pca`); an ``mlp`` head
+  becomes the linear one (:meth:`PCAScheme.check_config`);
 - ``slow-single`` / ``slow-optimal``: :mod:`train.schemes.slow`;
 - ``bilevel``: paper G eq. 8 (:mod:`train.schemes.bilevel`).
 """
@@ -20,21 +23,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from train.config import TrainConfig
-from train.schemes.base import (
-    METHODS,
-    Scheme,
-    SimCLRMethod,
-    SimSiamMethod,
-    build_optimizer,
-    frozen_stats,
-    load_pretrained_head,
-)
+from train.schemes.base import Scheme, frozen_stats
 from train.schemes.bilevel import BilevelScheme
 from train.schemes.pca import PCABottomScheme, PCATopScheme, principal_directions
 from train.schemes.simple import FixedScheme, JointScheme
 from train.schemes.slow import SlowOptimalScheme, SlowSingleScheme
+from train.settings import TrainConfig
 
+#: ``scheme.kind`` -> its class: the one list of schemes (the config validation asks here)
 SCHEMES = {
     "joint": JointScheme,
     "fixed": FixedScheme,
@@ -52,8 +48,7 @@ def build_scheme(cfg: TrainConfig, backbone: nn.Module, head: nn.Module) -> Sche
 
 
 __all__ = [
-    "METHODS", "SCHEMES", "BilevelScheme", "FixedScheme", "JointScheme", "PCABottomScheme",
-    "PCATopScheme", "Scheme", "SimCLRMethod", "SimSiamMethod", "SlowOptimalScheme",
-    "SlowSingleScheme", "build_optimizer", "build_scheme", "frozen_stats", "load_pretrained_head",
+    "SCHEMES", "BilevelScheme", "FixedScheme", "JointScheme", "PCABottomScheme", "PCATopScheme",
+    "Scheme", "SlowOptimalScheme", "SlowSingleScheme", "build_scheme", "frozen_stats",
     "principal_directions",
 ]

@@ -1,10 +1,10 @@
-"""What every scheme shares: optimizers, the method (loss and predictor), the base class.
+"""The scheme base class: what every head-update scheme shares.
 
-A *method* turns the head outputs of the two views into a loss: SimCLR's
-NT-Xent, or SimSiam's symmetric negative cosine with a predictor MLP and
-stop-gradient. A *scheme* decides how the backbone f and the head g are
-stepped. Schemes only ever call ``self.method.loss(z1, z2)``, so every scheme
-works with every method unless ``train.config`` refuses the pair.
+A *scheme* decides how the backbone f and the head g are stepped; the
+*method* (:mod:`train.methods`) turns the head outputs of the two views into
+a loss. Schemes only ever call ``self.method.loss(z1, z2)``, so every scheme
+works with every method unless its :meth:`Scheme.check_config` refuses the
+pair. Each scheme checks its own part of a config there, before any work.
 """
 
 from __future__ import annotations
@@ -14,21 +14,12 @@ import contextlib
 import torch
 from torch import nn
 
-from repdiag.checkpoint import load_checkpoint
 from repdiag.errors import UserError
 from repdiag.precision import autocast, resolve_precision
-from train.config import TrainConfig
 from train.distributed import SINGLE, World
-from train.losses import nt_xent, nt_xent_sharded, simsiam_loss
-
-
-def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam (paper G: lr 1e-3, wd 1e-6) or SGD with momentum (paper S)."""
-    o = cfg.optim
-    params = [p for p in params if p.requires_grad]
-    if o.name == "adam":
-        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
-    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+from train.methods import build_method
+from train.optim import build_optimizer
+from train.settings import TrainConfig
 
 
 def module_device(module: nn.Module) -> torch.device:
@@ -52,87 +43,6 @@ def frozen_stats(module: nn.Module):
         with torch.no_grad():
             for b, c in saved:
                 b.copy_(c)
-
-
-# --------------------------------------------------------------------- methods
-class SimCLRMethod:
-    """NT-Xent with the run's temperature; no parameters of its own.
-
-    With several processes (``self.world``) and ``self.sharded`` (each rank
-    holds a slice of the global batch, as in a training step), the loss is
-    :func:`~train.losses.nt_xent_sharded`: local anchors against the
-    candidates of all ranks. Computations that every rank repeats on the
-    same data (validation, the slow-optimal epoch-end fit) run with
-    ``sharded`` off (:meth:`Scheme.replicated`).
-    """
-
-    world: World = SINGLE
-    sharded: bool = True
-
-    def __init__(self, cfg: TrainConfig, dim: int, device: torch.device):
-        self.temperature = cfg.temperature
-
-    def parameters(self) -> list[nn.Parameter]:
-        return []
-
-    def modules(self) -> list[nn.Module]:
-        return []
-
-    def loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        if self.world.distributed and self.sharded:
-            return nt_xent_sharded(z1, z2, self.temperature, self.world)
-        return nt_xent(z1, z2, self.temperature)
-
-    def state(self) -> dict:
-        return {}
-
-    def load_state(self, state: dict) -> None:
-        """SimCLR keeps nothing."""
-
-
-def build_predictor(dim: int, hidden: int) -> nn.Sequential:
-    """SimSiam's predictor h: Linear(d, d/4)-BN-ReLU-Linear(d/4, d) (Chen & He §3, bottleneck)."""
-    return nn.Sequential(nn.Linear(dim, hidden, bias=False), nn.BatchNorm1d(hidden),
-                         nn.ReLU(inplace=True), nn.Linear(hidden, dim))
-
-
-class SimSiamMethod:
-    """SimSiam (Chen & He 2021): predictor p = pred(z), loss D(p1, sg z2)/2 + D(p2, sg z1)/2.
-
-    The predictor belongs to the method: it is trained with the backbone by the
-    scheme's main optimizer (never by a head-only optimizer) and saved in the
-    checkpoint's ``extra["predictor"]``. The loss lies in [-1, 1]. It is a mean of
-    per-pair terms, so with several processes the mean of the ranks' losses is
-    the global one and DDP's gradient averaging needs no gather.
-    """
-
-    world: World = SINGLE
-    sharded: bool = True
-
-    def __init__(self, cfg: TrainConfig, dim: int, device: torch.device):
-        hidden = cfg.pred_hidden or max(1, dim // 4)
-        self.predictor = build_predictor(dim, hidden).to(device)
-
-    def parameters(self) -> list[nn.Parameter]:
-        return list(self.predictor.parameters())
-
-    def modules(self) -> list[nn.Module]:
-        return [self.predictor]
-
-    def loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        p1, p2 = self.predictor(torch.cat([z1, z2])).chunk(2)
-        return simsiam_loss(p1, p2, z1, z2)
-
-    def state(self) -> dict:
-        return {"predictor": self.predictor.state_dict()}
-
-    def load_state(self, state: dict) -> None:
-        if "predictor" not in state:
-            raise UserError("checkpoint of a simsiam run has no predictor state (extra['predictor'])")
-        self.predictor.load_state_dict(state["predictor"])
-
-
-METHODS = {"simclr": SimCLRMethod, "simsiam": SimSiamMethod}
 
 
 def head_output_dim(head: nn.Module) -> int:
@@ -162,13 +72,29 @@ class Scheme:
     head_in_main_optimizer = True
     # a head fixed within the step: its BN running statistics are restored after the step
     freeze_head_stats = False
+    # the scheme moves the head's weights itself (slow-*, bilevel): a head without parameters
+    # (none, directclr) leaves it nothing to do and is refused by check_config
+    needs_head_parameters = False
+
+    @classmethod
+    def check_config(cls, cfg: TrainConfig) -> None:
+        """Refuse, in one line and before any work, a config this scheme cannot train.
+
+        Called by the config validation (``train.config.validate``) for the scheme
+        ``cfg.scheme.kind`` names. The base rule: a scheme that updates the head
+        itself needs a head with parameters. Subclasses add their own rules.
+        """
+        if cls.needs_head_parameters and not cfg.head.has_parameters:
+            raise UserError(f"scheme.kind={cfg.scheme.kind} updates the head, but "
+                            f"head.kind={cfg.head.kind} has no parameters; use "
+                            "scheme.kind=fixed or a linear/mlp head")
 
     def __init__(self, cfg: TrainConfig, backbone: nn.Module, head: nn.Module):
         self.cfg = cfg
         self.backbone = backbone
         self.head = head
         self.device = module_device(backbone)
-        self.method = METHODS[cfg.method](cfg, head_output_dim(head), self.device)
+        self.method = build_method(cfg, head_output_dim(head), self.device)
         self.main_params = [p for p in self.main_parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.main_params, cfg)
         self.precision = resolve_precision(cfg.precision, self.device)
@@ -283,19 +209,3 @@ class Scheme:
 def freeze(module: nn.Module) -> None:
     for p in module.parameters():
         p.requires_grad_(False)
-
-
-def load_pretrained_head(head: nn.Module, path: str) -> None:
-    """Load the head weights of another repdiag checkpoint into ``head`` (shapes must match)."""
-    ck = load_checkpoint(path)
-    theirs, ours = ck.head_spec, head.spec
-    if theirs.kind != ours.kind:
-        raise UserError(f"head.pretrained={path}: that run's head is '{theirs.kind}', "
-                        f"this run's is '{ours.kind}'; set head.kind={theirs.kind}")
-    try:
-        head.load_state_dict(ck.head_state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise UserError(f"head.pretrained={path}: its head does not fit this run's head "
-                        f"(in_dim {theirs.in_dim}->{ours.in_dim}, out_dim "
-                        f"{theirs.out_dim}->{ours.out_dim}): {first[-1].strip()}") from None

@@ -6,6 +6,9 @@ import torch
 
 from train.schemes.base import Scheme, frozen_stats
 
+#: ``scheme.inner_optim``: the optimisers of the inner head steps
+INNER_OPTIMIZERS = ("adam", "sgd")
+
 
 class BilevelScheme(Scheme):
     """Paper G eq. 8: l inner head steps on the mini-batch, then one backbone step through g_{k+1}.
@@ -58,6 +61,7 @@ class BilevelScheme(Scheme):
     """
 
     head_in_main_optimizer = False
+    needs_head_parameters = True
 
     def __init__(self, cfg, backbone, head):
         super().__init__(cfg, backbone, head)

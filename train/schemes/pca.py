@@ -87,10 +87,28 @@ class PCAScheme(Scheme):
     freeze_head_stats = True
     top = True
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """The PCA schemes define the head: a linear map onto k = ``head.out_dim`` principal
+        directions of H (paper G §5.2). The stated rule (docs/training.md): an ``mlp`` head,
+        the presets' default, becomes that linear head and is recorded as such in the run's
+        config; any other kind but ``linear`` is refused."""
+        super().check_config(cfg)
+        if cfg.head.kind == "mlp":
+            cfg.head.kind = "linear"
+        cls.check_head_kind(cfg.head.kind, cfg.scheme.kind)
+
+    @staticmethod
+    def check_head_kind(head_kind: str, scheme_kind: str) -> None:
+        """Refuse a head other than the linear one the PCA scheme fits."""
+        if head_kind != "linear":
+            raise UserError(f"scheme.kind={scheme_kind} needs head.kind=linear (got '{head_kind}'): "
+                            "the PCA scheme replaces the head by the linear map onto principal "
+                            "directions")
+
     def __init__(self, cfg, backbone, head):
         spec = head.spec
-        if spec.kind != "linear":
-            raise UserError(f"scheme.kind={cfg.scheme.kind} needs head.kind=linear")
+        self.check_head_kind(spec.kind, cfg.scheme.kind)
         if spec.out_dim > spec.in_dim:
             raise UserError(f"scheme.kind={cfg.scheme.kind}: head.out_dim={spec.out_dim} principal "
                             f"directions do not exist in {spec.in_dim}-dim features; lower it")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 
 from repdiag.augment import two_views
+from repdiag.errors import UserError
 from train.monitor import fixed_subset
-from train.schemes.base import Scheme, build_optimizer, frozen_stats
+from train.optim import build_optimizer
+from train.schemes.base import Scheme, frozen_stats
 
 
 class _HeadOptimizerState:
@@ -36,6 +38,7 @@ class SlowSingleScheme(_HeadOptimizerState, Scheme):
     """
 
     head_in_main_optimizer = False
+    needs_head_parameters = True
 
     def __init__(self, cfg, backbone, head):
         super().__init__(cfg, backbone, head)
@@ -84,6 +87,16 @@ class SlowOptimalScheme(_HeadOptimizerState, Scheme):
 
     head_in_main_optimizer = False
     freeze_head_stats = True
+    needs_head_parameters = True
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Also refuses SimSiam (see the message)."""
+        super().check_config(cfg)
+        if cfg.method == "simsiam":
+            raise UserError("scheme.kind=slow-optimal is not supported with method=simsiam: "
+                            "optimising the head to convergence against SimSiam's stop-gradient "
+                            "target with a frozen backbone admits the collapsed constant head")
 
     def __init__(self, cfg, backbone, head):
         super().__init__(cfg, backbone, head)
