@@ -41,7 +41,7 @@ import torch  # noqa: E402
 from repdiag.devices import check_device  # noqa: E402
 from repdiag.errors import UserError  # noqa: E402
 
-SCALES = ("cpu", "gpu", "paper", "smoke")
+SCALES = ("cpu", "cpu-long", "gpu", "paper", "smoke")
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,17 @@ SCALE_TABLE = {
         g_hidden=32, g_out=32, s_dim_g=(16, 32), s_dim_z=(16, 32),
         s_base={"activation": "sigmoid", "dim_g": 32, "dim_z": 16, "zscore": False},
         linear_preset="fast", tsne_points=3000, eval_limit=10000),
+    # the cpu scale's models, data, lr and T for 30 epochs, every 5th epoch saved (the
+    # training curve of G Fig. 1's precondition); about 15 min a run with one thread
+    "cpu-long": Scale(
+        name="cpu-long", g_preset="fmnist-tiny",
+        g_set=CPU_COMMON + ("val_fraction=0", "save_every=5", "epochs=30"),
+        s_preset="fmnist-tiny",
+        s_set=CPU_COMMON + ("save_every=0", "select=best", "split_scheme=s", "split_seed=0",
+                            "head.ae_epochs=5", "epochs=30"),
+        g_hidden=32, g_out=32, s_dim_g=(16, 32), s_dim_z=(16, 32),
+        s_base={"activation": "sigmoid", "dim_g": 32, "dim_z": 16, "zscore": False},
+        linear_preset="fast", tsne_points=3000, eval_limit=10000),
     "gpu": Scale(
         name="gpu", g_preset="cifar10-g",
         g_set=GPU_COMMON + ("backbone=resnet50", "save_every=10", "knn_subset=2000"),
@@ -120,9 +131,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     """The options every analysis script takes."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--scale", choices=SCALES, default="cpu",
-                    help="cpu: 2 CPU cores; gpu: one GPU, the papers' backbones; paper: the "
-                         "papers' data and schedules from --data-root; smoke: seconds, generated "
-                         "data (for the tests)")
+                    help="cpu: 2 CPU cores; cpu-long: cpu for 30 epochs; gpu: one GPU, the "
+                         "papers' backbones; paper: the papers' data and schedules from "
+                         "--data-root; smoke: seconds, generated data (for the tests)")
     ap.add_argument("--seeds", help="comma list of seeds (default: 0,1,2 at cpu/gpu scale, 0 at paper)")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "analyses"),
                     help="root folder of the shared runs (default runs/analyses)")
