@@ -75,6 +75,7 @@ def test_choice_is_the_best_mean_and_the_test_split_is_never_read(choose, monkey
 
     monkeypatch.setattr(repdiag.data, "load_dataset", guarded)
     monkeypatch.setattr(train.trainer, "load_dataset", guarded)
+    monkeypatch.setattr(choose, "LRS", (1e-3, 1e-2))  # 4 grid points keep the test short
     smoke = choose.common.SCALE_TABLE["smoke"]  # synthetic: 512 training images, 200 trained on
     monkeypatch.setitem(choose.common.SCALE_TABLE, "smoke", dataclasses.replace(
         smoke, g_set=smoke.g_set + ("data_limit=200", "val_fraction=0")))
@@ -84,7 +85,7 @@ def test_choice_is_the_best_mean_and_the_test_split_is_never_read(choose, monkey
     out = tmp_path / "fig" / "smoke"
     meta = json.loads((out / "choose_cpu_config.json").read_text())
     table = pd.read_csv(out / "choose_cpu_config.csv")
-    assert len(table) == 6 and meta["heldout"] == {"queries": 60, "bank": 120, "trained_on": 200,
+    assert len(table) == 4 and meta["heldout"] == {"queries": 60, "bank": 120, "trained_on": 200,
                                                    "select_seed": choose.SELECT_SEED}
     means = [r["mean"] for r in meta["grid"]]
     best = meta["grid"][means.index(max(means))]
