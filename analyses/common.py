@@ -31,9 +31,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     """The options every analysis script takes."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--scale", choices=SCALES, default="cpu",
-                    help="cpu: 2 CPU cores; gpu: one GPU, the papers' backbones; paper: the "
-                         "papers' data and schedules from --data-root; smoke: seconds, generated "
-                         "data (for the tests)")
+                    help="cpu: 2 CPU cores; cpu-long: cpu for 30 epochs; gpu: one GPU, the "
+                         "papers' backbones; paper: the papers' data and schedules from "
+                         "--data-root; smoke: seconds, generated data (for the tests)")
     ap.add_argument("--seeds", help="comma list of seeds (default: 0,1,2 at cpu/gpu scale, 0 at paper)")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "analyses"),
                     help="root folder of the shared runs (default runs/analyses)")

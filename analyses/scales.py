@@ -2,6 +2,8 @@
 
 - ``cpu``: Fashion-MNIST (28 px), ResNet-18 at width 1/8 (m = 64), 3 epochs on 6,000
   images: the whole set runs on 2 CPU cores (times in figures/README.md);
+- ``cpu-long``: the cpu scale for 30 epochs, every 5th epoch saved (G Fig. 1's precondition
+  over training);
 - ``gpu``: Fashion-MNIST with the papers' backbones (ResNet-50 for G, ResNet-34 for S),
   all 54,000 training images, 10 epochs, on one GPU;
 - ``paper``: the papers' datasets, backbones and schedules (presets ``cifar10-g`` and
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SCALES = ("cpu", "gpu", "paper", "smoke")
+SCALES = ("cpu", "cpu-long", "gpu", "paper", "smoke")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,17 @@ SCALE_TABLE = {
         s_preset="fmnist-tiny",
         s_set=CPU_COMMON + ("save_every=0", "select=best", "split_scheme=s", "split_seed=0",
                             "head.ae_epochs=5"),
+        g_hidden=32, g_out=32, s_dim_g=(16, 32), s_dim_z=(16, 32),
+        s_base={"activation": "sigmoid", "dim_g": 32, "dim_z": 16, "zscore": False},
+        linear_preset="fast", tsne_points=3000, eval_limit=10000),
+    # the cpu scale's models, data, lr and T for 30 epochs, every 5th epoch saved (the
+    # training curve of G Fig. 1's precondition); about 15 min a run with one thread
+    "cpu-long": Scale(
+        name="cpu-long", g_preset="fmnist-tiny",
+        g_set=CPU_COMMON + ("val_fraction=0", "save_every=5", "epochs=30"),
+        s_preset="fmnist-tiny",
+        s_set=CPU_COMMON + ("save_every=0", "select=best", "split_scheme=s", "split_seed=0",
+                            "head.ae_epochs=5", "epochs=30"),
         g_hidden=32, g_out=32, s_dim_g=(16, 32), s_dim_z=(16, 32),
         s_base={"activation": "sigmoid", "dim_g": 32, "dim_z": 16, "zscore": False},
         linear_preset="fast", tsne_points=3000, eval_limit=10000),
