@@ -92,3 +92,22 @@ def test_best_epoch_is_the_first_lowest_finite_validation_loss():
          {"epoch": 3, "val_loss": 1.0}, {"epoch": 4, "val_loss": 1.0}, {"epoch": 5}]
     assert best_epoch(m) == 3
     assert best_epoch([{"epoch": 1}]) is None
+
+
+def test_two_paths_to_one_file_are_the_same_setting(tmp_path):
+    """A pretrained head reached through a symbolic link (or a relative path) is the same
+    run setting; another file with the same bytes is not."""
+    from train.runstore import config_difference
+
+    real = tmp_path / "runs" / "linear-s1"
+    real.mkdir(parents=True)
+    (real / "last.pt").write_bytes(b"weights")
+    (tmp_path / "link").symlink_to(tmp_path / "runs")
+    stored = {"seed": 1, "head": {"pretrained": str(tmp_path / "link" / "linear-s1" / "last.pt")}}
+    assert config_difference(stored, {"seed": 1, "head": {"pretrained": str(real / "last.pt")}}) is None
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(b"weights")
+    assert config_difference(stored, {"seed": 1, "head": {"pretrained": str(copy)}}) == (
+        f"head.pretrained (folder: {stored['head']['pretrained']!r}, grid: {str(copy)!r})")
+    missing = {"seed": 1, "head": {"pretrained": str(tmp_path / "gone.pt")}}
+    assert config_difference(missing, {"seed": 1, "head": {"pretrained": str(real / "last.pt")}})

@@ -82,9 +82,9 @@ def config_difference(stored: dict, wanted: dict, prefix: str = "") -> str | Non
     """The keys in which a stored run config differs from the wanted one, as
     ``"key (folder: a, grid: b)"`` joined by ``", "`` (dotted keys, sorted), or None.
 
-    ``epochs`` never counts (a longer run resumes a shorter one), nor keys the stored
-    config lacks (fields newer than the run), nor :data:`FILLED_BY_TRAINER` fields the
-    wanted config leaves unset.
+    ``epochs`` never counts (a longer run resumes a shorter one), nor two paths to one
+    existing file, nor keys the stored config lacks (fields newer than the run), nor
+    :data:`FILLED_BY_TRAINER` fields the wanted config leaves unset.
     """
     diffs = []
     for key in sorted(set(stored) | set(wanted)):
@@ -97,9 +97,20 @@ def config_difference(stored: dict, wanted: dict, prefix: str = "") -> str | Non
             d = config_difference(a, b, f"{prefix}{key}.")
             if d:
                 diffs.append(d)
-        elif a != b:
+        elif a != b and not _same_file(a, b):
             diffs.append(f"{prefix}{key} (folder: {a!r}, grid: {b!r})")
     return ", ".join(diffs) or None
+
+
+def _same_file(a, b) -> bool:
+    """Two path values naming one existing file (e.g. ``head.pretrained`` reached through a
+    symbolic link or as a relative path): the same setting, not a different run."""
+    if not (isinstance(a, str) and isinstance(b, str)):
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
 
 
 def check_folder(run_dir: Path, cfg: TrainConfig, other: str) -> StoredRun | None:
