@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 SCALES = ("cpu", "cpu-long", "gpu", "paper", "smoke")
 
@@ -50,27 +50,23 @@ CPU_COMMON = ("data=fashion-mnist", "backbone=resnet18", "width=0.125", "batch_s
               "knn_every=0", "data_limit=6000", "epochs=3", "optim.lr=0.003", "temperature=0.2")
 GPU_COMMON = ("data=fashion-mnist", "data_limit=null", "epochs=10", "batch_size=256", "knn_every=1")
 
+CPU = Scale(
+    name="cpu", g_preset="fmnist-tiny",
+    g_set=CPU_COMMON + ("val_fraction=0", "save_every=3"),
+    s_preset="fmnist-tiny",
+    s_set=CPU_COMMON + ("save_every=0", "select=best", "split_scheme=s", "split_seed=0",
+                        "head.ae_epochs=5"),
+    g_hidden=32, g_out=32, s_dim_g=(16, 32), s_dim_z=(16, 32),
+    s_base={"activation": "sigmoid", "dim_g": 32, "dim_z": 16, "zscore": False},
+    linear_preset="fast", tsne_points=3000, eval_limit=10000)
+
 SCALE_TABLE = {
-    "cpu": Scale(
-        name="cpu", g_preset="fmnist-tiny",
-        g_set=CPU_COMMON + ("val_fraction=0", "save_every=3"),
-        s_preset="fmnist-tiny",
-        s_set=CPU_COMMON + ("save_every=0", "select=best", "split_scheme=s", "split_seed=0",
-                            "head.ae_epochs=5"),
-        g_hidden=32, g_out=32, s_dim_g=(16, 32), s_dim_z=(16, 32),
-        s_base={"activation": "sigmoid", "dim_g": 32, "dim_z": 16, "zscore": False},
-        linear_preset="fast", tsne_points=3000, eval_limit=10000),
+    "cpu": CPU,
     # the cpu scale's models, data, lr and T for 30 epochs, every 5th epoch saved (the
-    # training curve of G Fig. 1's precondition); about 15 min a run with one thread
-    "cpu-long": Scale(
-        name="cpu-long", g_preset="fmnist-tiny",
-        g_set=CPU_COMMON + ("val_fraction=0", "save_every=5", "epochs=30"),
-        s_preset="fmnist-tiny",
-        s_set=CPU_COMMON + ("save_every=0", "select=best", "split_scheme=s", "split_seed=0",
-                            "head.ae_epochs=5", "epochs=30"),
-        g_hidden=32, g_out=32, s_dim_g=(16, 32), s_dim_z=(16, 32),
-        s_base={"activation": "sigmoid", "dim_g": 32, "dim_z": 16, "zscore": False},
-        linear_preset="fast", tsne_points=3000, eval_limit=10000),
+    # training curve of G Fig. 1's precondition); about 15 min a run with one thread.
+    # Later overrides win: "epochs=30" and "save_every=5" replace the cpu scale's values.
+    "cpu-long": replace(CPU, name="cpu-long", g_set=CPU.g_set + ("save_every=5", "epochs=30"),
+                        s_set=CPU.s_set + ("epochs=30",)),
     "gpu": Scale(
         name="gpu", g_preset="cifar10-g",
         g_set=GPU_COMMON + ("backbone=resnet50", "save_every=10", "knn_subset=2000"),
