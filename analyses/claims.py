@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import verdicts as V  # noqa: E402
+from s_pairs import paired_change  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = "<!-- claims -->", "<!-- /claims -->"
@@ -74,47 +75,38 @@ def method_acc(side: dict, label: str, probe: str) -> list[float]:
     return _pct(acc[label][probe])
 
 
-def _s_runs(side: dict):
+def _s_runs(side: dict, col: str = "test"):
     import pandas as pd
 
     runs = side.get("runs")
     if not runs:
         raise MissingData("no per-run records")
-    return pd.DataFrame(runs)
+    df = pd.DataFrame(runs)
+    if col not in df:
+        raise MissingData(f"no per-run '{col}' accuracy")
+    return df
 
 
-S_FACTORS = ("head", "activation", "dim_g", "dim_z", "zscore", "frozen")
-
-
-def s_paired(side: dict, a: dict, b: dict, relation: str = ">") -> V.Verdict:
+def s_paired(side: dict, a: dict, b: dict, relation: str = ">", col: str = "test") -> V.Verdict:
     """Paper S, like for like: the runs with settings ``a`` against those with ``b`` (dicts of
-    S_FACTORS values), matched on every factor neither names and on the seed; per seed the
-    mean of the matched differences, then the paired rule over seeds."""
-    df = _s_runs(side)
-    free = [f for f in S_FACTORS if f not in a and f not in b]
-
-    def pick(sel):
-        part = df
-        for k, v in sel.items():
-            part = part[part[k] == v]
-        return part.set_index(free + ["seed"])["test"]
-
-    pa, pb = pick(a), pick(b)
-    both = pa.index.intersection(pb.index)
-    if len(both) == 0:
-        raise MissingData(f"no runs matching both {a} and {b}")
-    d = (pa.loc[both] - pb.loc[both]).groupby(level="seed").mean()
-    return V.paired_verdict(list(d.values), [0.0] * len(d), relation)
+    grid factors), matched on every factor neither names and on the seed
+    (:func:`s_pairs.paired_change`); per seed the mean of the matched differences of the
+    accuracy column ``col``, then the paired rule over seeds."""
+    try:
+        d = paired_change(_s_runs(side, col), a, b, col)
+    except KeyError as exc:
+        raise MissingData(exc.args[0]) from None
+    return V.paired_verdict(d, [0.0] * len(d), relation)
 
 
 def s_per_seed(side: dict, stat: Callable, head_a: str = "ae", head_b: str = "mlp",
-               relation: str = ">") -> V.Verdict:
-    """Paper S: ``stat`` (of a Series of test accuracies) of head_a's runs against head_b's,
-    per seed, over the same configurations."""
-    df = _s_runs(side)
+               relation: str = ">", col: str = "test") -> V.Verdict:
+    """Paper S: ``stat`` (of a Series of test accuracies ``col``) of head_a's runs against
+    head_b's, per seed, over the same configurations."""
+    df = _s_runs(side, col)
     df = df[df["frozen"]] if "frozen" in df else df
-    a = df[df["head"] == head_a].groupby("seed")["test"].apply(stat)
-    b = df[df["head"] == head_b].groupby("seed")["test"].apply(stat)
+    a = df[df["head"] == head_a].groupby("seed")[col].apply(stat)
+    b = df[df["head"] == head_b].groupby("seed")[col].apply(stat)
     seeds = a.index.intersection(b.index)
     return V.paired_verdict(list(a.loc[seeds]), list(b.loc[seeds]), relation)
 
@@ -123,11 +115,12 @@ def _iqr(s) -> float:
     return float(s.quantile(0.75) - s.quantile(0.25))
 
 
-def s_peak_by_validation(side: dict) -> V.Verdict:
-    """Paper S Table 2 without test-set selection: per seed and head, the test accuracy of
-    the configuration with the best validation accuracy; ae against mlp, paired by seed."""
-    df = _s_runs(side)
-    best = df.loc[df.groupby(["seed", "head"])["val"].idxmax()].set_index(["head", "seed"])["test"]
+def s_peak_by_validation(side: dict, col: str = "test") -> V.Verdict:
+    """Paper S Table 2 without test-set selection: per seed and head, the test accuracy
+    (``col``) of the configuration with the best validation accuracy; ae against mlp, paired
+    by seed."""
+    df = _s_runs(side, col)
+    best = df.loc[df.groupby(["seed", "head"])["val"].idxmax()].set_index(["head", "seed"])[col]
     seeds = sorted(set(best.loc["ae"].index) & set(best.loc["mlp"].index))
     return V.paired_verdict([best.loc[("ae", s)] for s in seeds], [best.loc[("mlp", s)] for s in seeds])
 
@@ -247,26 +240,30 @@ for _row in ("Moving: PCA top-32", "Moving: PCA bottom-32"):
 _add("G Table 2", "slow-optimal is below slow-single (kNN)", T2,
      _t2("Moving: slow-optimal", "Moving: slow-single", "<"))
 
-_add("S Table 2", "ae beats mlp at the peak (selected on validation, per seed)", "s_table2_peak",
-     s_peak_by_validation)
-_add("S Table 3", "ae beats mlp on average (same configurations)", "s_table3_stats",
-     lambda s: s_paired(s, {"head": "ae"}, {"head": "mlp"}))
-_add("S Table 3", "ae has the smaller midspread (IQR over configurations, per seed)", "s_table3_stats",
-     lambda s: s_per_seed(s, _iqr, relation="<"))
-_add("S Table 4", "narrow ae (dim(g) 16) beats the wider mlp (dim(g) 32)", "s_table4_width",
-     lambda s: s_paired(s, {"head": "ae", "dim_g": 16}, {"head": "mlp", "dim_g": 32}))
-_add("S Table 4", "narrow ae (dim(z) 16) beats the wider mlp (dim(z) 32)", "s_table4_width",
-     lambda s: s_paired(s, {"head": "ae", "dim_z": 16}, {"head": "mlp", "dim_z": 32}))
-for _act in ("relu", "silu", "sigmoid"):
-    _add("S Table 5", f"ae prefers tanh over {_act}", "s_table5_activation",
-         lambda s, a=_act: s_paired(s, {"head": "ae", "activation": "tanh"},
-                                    {"head": "ae", "activation": a}))
-for _act in ("relu", "silu", "tanh"):
-    _add("S Table 5", f"mlp prefers sigmoid over {_act}", "s_table5_activation",
-         lambda s, a=_act: s_paired(s, {"head": "mlp", "activation": "sigmoid"},
-                                    {"head": "mlp", "activation": a}))
-_add("S Table 6", "a frozen autoencoder embedding beats a trainable one", "s_table6_frozen",
-     lambda s: s_paired(s, {"frozen": True}, {"frozen": False}))
+#: paper S's claims are judged under both probe protocols of the S tables: the cpu scale's
+#: `fast` probe (trained on the train split) and S's own (§3.6, trained on the test split)
+S_PROTOCOL_SUFFIX = {"test": "", "test_s": " [S's probe]"}
+for _col, _sfx in S_PROTOCOL_SUFFIX.items():
+    _add("S Table 2", f"ae beats mlp at the peak (selected on validation, per seed){_sfx}",
+         "s_table2_peak", lambda s, c=_col: s_peak_by_validation(s, c))
+    _add("S Table 3", f"ae beats mlp on average (same configurations){_sfx}", "s_table3_stats",
+         lambda s, c=_col: s_paired(s, {"head": "ae"}, {"head": "mlp"}, col=c))
+    _add("S Table 3", f"ae has the smaller midspread (IQR over configurations, per seed){_sfx}",
+         "s_table3_stats", lambda s, c=_col: s_per_seed(s, _iqr, relation="<", col=c))
+    _add("S Table 4", f"narrow ae (dim(g) 16) beats the wider mlp (dim(g) 32){_sfx}", "s_table4_width",
+         lambda s, c=_col: s_paired(s, {"head": "ae", "dim_g": 16}, {"head": "mlp", "dim_g": 32}, col=c))
+    _add("S Table 4", f"narrow ae (dim(z) 16) beats the wider mlp (dim(z) 32){_sfx}", "s_table4_width",
+         lambda s, c=_col: s_paired(s, {"head": "ae", "dim_z": 16}, {"head": "mlp", "dim_z": 32}, col=c))
+    for _act in ("relu", "silu", "sigmoid"):
+        _add("S Table 5", f"ae prefers tanh over {_act}{_sfx}", "s_table5_activation",
+             lambda s, a=_act, c=_col: s_paired(s, {"head": "ae", "activation": "tanh"},
+                                                {"head": "ae", "activation": a}, col=c))
+    for _act in ("relu", "silu", "tanh"):
+        _add("S Table 5", f"mlp prefers sigmoid over {_act}{_sfx}", "s_table5_activation",
+             lambda s, a=_act, c=_col: s_paired(s, {"head": "mlp", "activation": "sigmoid"},
+                                                {"head": "mlp", "activation": a}, col=c))
+    _add("S Table 6", f"a frozen autoencoder embedding beats a trainable one{_sfx}", "s_table6_frozen",
+         lambda s, c=_col: s_paired(s, {"frozen": True}, {"frozen": False}, col=c))
 
 
 # --------------------------------------------------------------------------- the table

@@ -14,14 +14,16 @@ import common
 import s_grid
 
 
-def stats_rows(df) -> list[dict]:
-    """One row per (Z-score, statistic) with a column per projector."""
+def stats_rows(df, base: dict | None = None, col: str = "test") -> list[dict]:
+    """One row per (Z-score, statistic) with a column per projector, of the test-accuracy
+    column ``col`` over every run (``base`` unused: both projectors share the configurations,
+    so the cells are balanced)."""
     rows = []
     for zscore in (True, False):
         part = df[df["zscore"] == zscore]
         stats = {}
         for head, g in part.groupby("head", sort=False):
-            t = g["test"]
+            t = g[col]
             stats[head] = {"minimum": t.min(), "maximum": t.max(), "average": t.mean(),
                            "range": t.max() - t.min(),
                            "midspread": t.quantile(0.75) - t.quantile(0.25),

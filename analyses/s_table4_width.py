@@ -13,14 +13,17 @@ import common
 import s_grid
 
 
-def width_rows(df) -> list[dict]:
-    """Average test accuracy (its spread over seeds, and the run count) by dim(g), then by
-    dim(z), per projector."""
+def width_rows(df, base: dict, col: str = "test") -> list[dict]:
+    """Like for like, by dim(g) and then by dim(z): the runs whose other factors sit at the
+    base (``s_grid.at_base``), per projector the average of ``col`` (its spread over seeds, the
+    run count) and the change from the base width paired by seed and Z-score; last, ae − mlp
+    at that width, paired the same way."""
     rows = []
     for factor, label in (("dim_g", "dim(g)"), ("dim_z", "dim(z)")):
-        for value in sorted(df[factor].unique()):
+        part = s_grid.at_base(df, base, factor)
+        for value in sorted(part[factor].unique()):
             rows.append({"factor": label, "value": int(value),
-                         **s_grid.s_head_averages(df[df[factor] == value])})
+                         **s_grid.factor_row(part, factor, value, base[factor], col)})
     return rows
 
 
@@ -28,8 +31,9 @@ def main() -> int:
     return s_grid.s_table_main(
         __doc__, "s_table4_width", width_rows,
         title="S Table 4: average test accuracy by projector width",
-        notes=["One-factor-at-a-time grid: the base width holds most runs; the other widths only "
-               "the runs where that factor was varied."])
+        notes=["Like for like: each width is compared on the runs whose other factors sit at the "
+               "base (activation, the other width); 'Δ vs base' and 'ae − mlp' are per-seed paired "
+               "differences (mean ± SD over seeds, seeds above 0 / seeds)."])
 
 if __name__ == "__main__":
     raise SystemExit(common.main_guard(main))

@@ -160,19 +160,34 @@ def test_s_tables_average_runs_and_spread_over_seeds():
     import s_table5_activation
 
     # two seeds x two activations x two projectors; test accuracies chosen by hand
+    base = {"activation": "relu", "dim_g": 32, "dim_z": 16}
     rows = []
     for seed, (ae_relu, ae_tanh, mlp_relu, mlp_tanh) in ((0, (70, 74, 71, 69)), (1, (72, 80, 71, 73))):
         for head, act, acc in (("ae", "relu", ae_relu), ("ae", "tanh", ae_tanh),
                                ("mlp", "relu", mlp_relu), ("mlp", "tanh", mlp_tanh)):
             rows.append({"head": head, "activation": act, "dim_g": 32, "dim_z": 16, "zscore": False,
-                         "seed": seed, "test": float(acc), "val": float(100 - acc)})
+                         "frozen": True, "seed": seed, "test": float(acc), "val": float(100 - acc),
+                         "test_s": float(acc) - 10})
+    # a run off the base widths: like for like, it takes no part in the activation table
+    rows.append({"head": "ae", "activation": "tanh", "dim_g": 16, "dim_z": 16, "zscore": False,
+                 "frozen": True, "seed": 0, "test": 10.0, "val": 0.0, "test_s": 0.0})
     df = pd.DataFrame(rows)
-    by_act = {r["activation"]: r for r in s_table5_activation.activation_rows(df)}
+    by_act = {r["activation"]: r for r in s_table5_activation.activation_rows(df, base)}
     # ae with tanh: runs 74 and 80 -> average 77; one run per seed, so the seed spread is
     # the sample std of (74, 80) = sqrt(18)
     assert by_act["tanh"]["ae avg (%)"] == 77.0 and by_act["tanh"]["ae runs"] == 2
     assert by_act["tanh"]["ae ± seeds (pt)"] == pytest.approx(round(18 ** 0.5, 2))
-    assert by_act["relu"]["mlp ± seeds (pt)"] == 0.0 and "silu" in by_act and "ae runs" not in by_act["silu"]
+    assert by_act["relu"]["mlp ± seeds (pt)"] == 0.0 and set(by_act) == {"relu", "tanh"}
+    # paired by seed: ae tanh − relu = +4, +8 -> +6 ± sqrt(8), both above 0; at the base '—'
+    assert by_act["tanh"]["ae Δ vs base (pt)"] == f"+6.00 ± {8 ** 0.5:.2f} (2/2)"
+    assert by_act["relu"]["ae Δ vs base (pt)"] == "—"
+    # ae − mlp with tanh: 74 − 69 = +5, 80 − 73 = +7
+    assert by_act["tanh"]["ae − mlp (pt)"] == f"+6.00 ± {2 ** 0.5:.2f} (2/2)"
+    # the other protocol's column: every accuracy 10 points lower, differences unchanged
+    by_act_s = {r["activation"]: r for r in s_table5_activation.activation_rows(df, base, "test_s")}
+    assert by_act_s["tanh"]["ae avg (%)"] == 67.0
+    assert by_act_s["tanh"]["ae Δ vs base (pt)"] == by_act["tanh"]["ae Δ vs base (pt)"]
+    df = df[df["dim_g"] == 32]
     peak = {(r["projector"], r["selected on"]): r for r in s_table2_peak.peak_rows(df)}
     # S's peak for ae is the 80 (tanh, seed 1); validation (= 100 - test here) picks the worst run
     assert peak[("ae", "test (as S)")]["test accuracy (%)"] == 80.0
@@ -180,6 +195,35 @@ def test_s_tables_average_runs_and_spread_over_seeds():
     assert peak[("ae", "validation")]["test accuracy (%)"] == 70.0
     # within each seed: test-selected ae peaks 74 and 80 -> 77 ± sqrt(18)
     assert peak[("ae", "test (as S)")]["per seed: selected test (%)"] == f"77.00 ± {18 ** 0.5:.2f}"
+    # under the other protocol the validation selection is the same run, scored by that probe
+    peak_s = {(r["projector"], r["selected on"]): r for r in s_table2_peak.peak_rows(df, None, "test_s")}
+    assert peak_s[("ae", "validation")]["test accuracy (%)"] == 60.0
+
+
+def test_s_width_table_compares_like_for_like():
+    import pandas as pd
+
+    sys.path.insert(0, str(ROOT / "analyses"))
+    import s_table4_width
+
+    # ae's narrow g (16) exists only with sigmoid; the wide g (32) with sigmoid and tanh.
+    # Pooled, tanh's strong runs would lift dim(g) 32; like for like they are left out.
+    base = {"activation": "sigmoid", "dim_g": 32, "dim_z": 16}
+    rows = []
+    for seed in (0, 1, 2):
+        for zscore in (False, True):
+            for head, act, g, acc in (("ae", "sigmoid", 32, 70 + seed), ("ae", "sigmoid", 16, 71 + 2 * seed),
+                                      ("ae", "tanh", 32, 95), ("mlp", "sigmoid", 32, 69),
+                                      ("mlp", "sigmoid", 16, 68)):
+                rows.append({"head": head, "activation": act, "dim_g": g, "dim_z": 16, "zscore": zscore,
+                             "frozen": True, "seed": seed, "test": float(acc + zscore), "val": 0.0})
+    table = {(r["factor"], r["value"]): r for r in s_table4_width.width_rows(pd.DataFrame(rows), base)}
+    g32 = table[("dim(g)", 32)]
+    assert g32["ae runs"] == 6 and g32["ae avg (%)"] == pytest.approx(71.5)  # 70, 71, 72 (+0.5 Z-score)
+    # narrowing g for ae: +1, +2, +3 per seed -> +2 ± 1; for the mlp −1 in every seed
+    assert table[("dim(g)", 16)]["ae Δ vs base (pt)"] == "+2.00 ± 1.00 (3/3)"
+    assert table[("dim(g)", 16)]["mlp Δ vs base (pt)"] == "-1.00 ± 0.00 (0/3)"
+    assert table[("dim(z)", 16)]["ae Δ vs base (pt)"] == "—"
 
 
 def test_g_fig4_has_the_bias_free_head_and_the_probe_control(work):

@@ -78,6 +78,25 @@ def test_s_comparisons_are_like_for_like():
         claims.s_paired({"runs": runs}, {"head": "ae", "dim_g": 99}, {"head": "mlp"})
 
 
+def test_s_claims_are_judged_under_each_probe_protocol():
+    # the same runs scored by two probes: under `fast` ae leads by +1 in every seed, under
+    # S's probe it trails by 2; each claim reads its own column, and a sidecar without
+    # the second column says so instead of judging
+    runs = []
+    for seed in range(3):
+        runs += [_run("ae", "sigmoid", 32, 16, seed, 71.0 + seed) | {"test_s": 60.0 + seed},
+                 _run("mlp", "sigmoid", 32, 16, seed, 70.0 + seed) | {"test_s": 62.0 + seed}]
+    fast = claims.s_paired({"runs": runs}, {"head": "ae"}, {"head": "mlp"})
+    s = claims.s_paired({"runs": runs}, {"head": "ae"}, {"head": "mlp"}, col="test_s")
+    assert (fast.mean, fast.verdict) == (pytest.approx(1.0), V.AGREES)
+    assert (s.mean, s.verdict) == (pytest.approx(-2.0), V.DISAGREES)
+    old = [{k: v for k, v in r.items() if k != "test_s"} for r in runs]
+    with pytest.raises(claims.MissingData, match="test_s"):
+        claims.s_paired({"runs": old}, {"head": "ae"}, {"head": "mlp"}, col="test_s")
+    texts = [c.text for c in claims.CLAIMS if c.source.startswith("S ")]
+    assert len(texts) == 2 * len([x for x in texts if not x.endswith("[S's probe]")])
+
+
 def test_s_peak_is_selected_on_validation():
     runs = [_run("ae", "relu", 32, 16, 0, 80.0) | {"val": 60.0}, _run("ae", "tanh", 32, 16, 0, 70.0),
             _run("mlp", "relu", 32, 16, 0, 75.0),
