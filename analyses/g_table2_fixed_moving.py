@@ -9,12 +9,20 @@ joint SimCLR and the bilevel scheme. k = the head's output size. Mean ± std ove
 seeds with the paired difference to SimCLR.
 
     python analyses/g_table2_fixed_moving.py --scale cpu
+    python analyses/g_table2_fixed_moving.py --scale cpu-long --rows none,linear-fixed-random,linear
+
+``--rows`` keeps only the named runs (a comma list of run names; SimCLR's ``linear`` row,
+the reference of the differences, is required): the long scale trains the rows its claims
+need, not all ten.
 """
 
 from __future__ import annotations
 
 import common
 import outputs
+from repdiag.errors import UserError
+
+REFERENCE = "Trainable: SimCLR"
 
 
 def methods(ctx: common.Context) -> list:
@@ -40,10 +48,29 @@ def methods(ctx: common.Context) -> list:
     ]
 
 
+def select_rows(rows: list, names: str | None) -> list:
+    """The rows of ``rows`` whose run name is in the comma list ``names`` (all when None);
+    a one-line error names an unknown run or a missing reference row."""
+    if names is None:
+        return rows
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    known = [name for _, name, _ in rows]
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise UserError(f"--rows: unknown run {unknown[0]!r}; valid: {', '.join(known)}")
+    ref = next(name for label, name, _ in rows if label == REFERENCE)
+    if ref not in wanted:
+        raise UserError(f"--rows must include {ref!r} (the differences are taken to it)")
+    return [r for r in rows if r[1] in wanted]
+
+
 def main() -> int:
-    ctx = common.cli_context(__doc__)
-    df, raw = common.method_table(ctx, "g", methods(ctx), reference="Trainable: SimCLR",
-                                  probes=("knn",))
+    ap = common.parser(__doc__.splitlines()[0])
+    ap.add_argument("--rows", help="comma list of run names to keep (default: every row)")
+    args = ap.parse_args()
+    ctx = common.context(args)
+    rows = select_rows(methods(ctx), args.rows)
+    df, raw = common.method_table(ctx, "g", rows, reference=REFERENCE, probes=("knn",))
     outputs.write_table(ctx, "g_table2_fixed_moving", df,
                        title="G Table 2: fixed, moving and trainable linear heads "
                              "(kNN test accuracy on h, mean ± std over seeds)",

@@ -87,6 +87,16 @@ def test_a_device_name_mistake_is_refused_before_any_run(tmp_path):
     assert not (tmp_path / "runs").exists() and not (tmp_path / "figures").exists()
 
 
+def test_table2_rows_are_checked_before_any_run(tmp_path):
+    p = run("g_table2_fixed_moving.py", "--rows", "none,linear-fixed-randon", tmp=tmp_path)
+    assert p.returncode == 2 and p.stderr.startswith("error: --rows: unknown run 'linear-fixed-randon'; "
+                                                     "valid: none, linear-fixed-random, directclr")
+    p = run("g_table2_fixed_moving.py", "--rows", "none,linear-fixed-random", tmp=tmp_path)
+    assert p.returncode == 2 and p.stderr.strip() == ("error: --rows must include 'linear' (the "
+                                                      "differences are taken to it)")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "figures").exists()
+
+
 def test_a_folder_with_another_config_is_refused(work):
     p = run("main_job.py", "--no-report", tmp=work)  # makes sure the runs exist
     cfg = work / "runs" / "smoke" / "g" / "mlp-s0"

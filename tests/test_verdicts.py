@@ -115,6 +115,21 @@ def test_readme_claim_table_is_generated_from_the_committed_outputs():
     assert [r["verdict"] for r in committed] == [r["verdict"] for r in rows]
 
 
+def test_a_partial_scale_leaves_out_the_claims_it_has_no_data_for(tmp_path, capsys):
+    # one output of a long scale: only its claims are judged, the others are left out (and said so)
+    (tmp_path / "long").mkdir()
+    runs = [_run(h, "sigmoid", 32, 16, seed, acc + seed) | {"frozen": f}
+            for seed in range(3) for h, f, acc in (("ae", True, 72.0), ("ae", False, 70.0))]
+    (tmp_path / "long" / "s_table6_frozen.json").write_text(json.dumps({"runs": runs}))
+    assert claims.main(["--figures", str(tmp_path), "--scale", "long", "--skip-missing"]) == 0
+    rows = json.loads((tmp_path / "long" / "claims.json").read_text())
+    assert [r["claim"] for r in rows] == ["a frozen autoencoder embedding beats a trainable one"]
+    assert rows[0]["verdict"] == V.AGREES and rows[0]["mean"] == pytest.approx(2.0)
+    md = (tmp_path / "long" / "claims.md").read_text()
+    assert f"{len(claims.CLAIMS) - 1} claims whose outputs are not made at this scale are left out" in md
+    assert capsys.readouterr().out.strip() == "1 claims: agrees 1"
+
+
 def test_missing_outputs_say_so(tmp_path):
     rows = claims.judge_all(tmp_path)
     assert {r["verdict"] for r in rows} == {claims.NO_DATA}
