@@ -4,7 +4,8 @@ JSON holds the per-seed numbers), never typed by hand.
 
 Writes ``claims.csv``, ``claims.md`` and ``claims.json`` beside the outputs and, with
 ``--readme``, replaces the claim table between ``<!-- claims -->`` markers in
-``figures/README.md``::
+``figures/README.md`` and every output table quoted there between
+``<!-- table NAME -->`` and ``<!-- /table -->`` by the table of ``<scale>/NAME.md``::
 
     python analyses/claims.py --scale cpu --readme
 
@@ -313,6 +314,34 @@ def replace_block(text: str, block: str) -> str:
     return text[:i] + block + text[j + len(MARK_END):]
 
 
+TABLE_BEGIN, TABLE_END = "<!-- table ", "<!-- /table -->"
+
+
+def output_table(folder: Path, name: str) -> str:
+    """The Markdown table (its ``|`` lines) of the output ``folder/name.md`` (a name with a
+    scale, ``cpu-long/NAME``, is read beside ``folder``)."""
+    path = (folder.parent if "/" in name else folder) / f"{name}.md"
+    if not path.is_file():
+        raise ValueError(f"figures/README.md quotes {name}, but {path} does not exist")
+    return "".join(ln + "\n" for ln in path.read_text().splitlines() if ln.startswith("|"))
+
+
+def replace_tables(text: str, folder: Path) -> str:
+    """``text`` with every quoted output table (``<!-- table NAME -->`` … ``<!-- /table -->``)
+    replaced by the current table of ``folder/NAME.md``: the README never holds a hand-typed
+    copy of a result table."""
+    out, pos = [], 0
+    while (i := text.find(TABLE_BEGIN, pos)) >= 0:
+        head_end = text.index("-->", i) + 3
+        name = text[i + len(TABLE_BEGIN):head_end - 3].strip()
+        j = text.find(TABLE_END, head_end)
+        if j < 0:
+            raise ValueError(f"figures/README.md: {TABLE_BEGIN}{name} --> has no {TABLE_END}")
+        out += [text[pos:head_end], "\n", output_table(folder, name)]
+        pos = j
+    return "".join(out) + text[pos:]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", default="cpu", help="figures/<scale>/ to read (default cpu)")
@@ -342,7 +371,7 @@ def main(argv=None) -> int:
     (folder / "claims.json").write_text(json.dumps(rows, indent=1))
     if args.readme:
         readme = Path(args.figures) / "README.md"
-        readme.write_text(replace_block(readme.read_text(), readme_block(rows)))
+        readme.write_text(replace_tables(replace_block(readme.read_text(), readme_block(rows)), folder))
     counts = pd.Series([r["verdict"] for r in rows]).value_counts().to_dict()
     print(f"{len(rows)} claims: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0

@@ -130,6 +130,21 @@ def test_a_partial_scale_leaves_out_the_claims_it_has_no_data_for(tmp_path, caps
     assert capsys.readouterr().out.strip() == "1 claims: agrees 1"
 
 
+def test_quoted_output_tables_are_the_outputs_own(tmp_path):
+    (tmp_path / "t.md").write_text("# T\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nnote\n")
+    text = "x\n<!-- table t -->\n| a | b |\n| 9 | 9 |\n<!-- /table -->\ny\n"
+    assert claims.replace_tables(text, tmp_path) == (
+        "x\n<!-- table t -->\n| a | b |\n|---|---|\n| 1 | 2 |\n<!-- /table -->\ny\n")
+    with pytest.raises(ValueError, match="quotes gone"):
+        claims.replace_tables("<!-- table gone -->\n<!-- /table -->", tmp_path)
+
+
+def test_readme_quotes_the_committed_tables():
+    readme = (ROOT / "figures" / "README.md").read_text()
+    assert claims.replace_tables(readme, ROOT / "figures" / "cpu") == readme, \
+        "rerun: python analyses/claims.py --scale cpu --readme"
+
+
 def test_missing_outputs_say_so(tmp_path):
     rows = claims.judge_all(tmp_path)
     assert {r["verdict"] for r in rows} == {claims.NO_DATA}
