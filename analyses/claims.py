@@ -315,6 +315,37 @@ def replace_block(text: str, block: str) -> str:
 
 
 TABLE_BEGIN, TABLE_END = "<!-- table ", "<!-- /table -->"
+PROV_BEGIN, PROV_END = "<!-- provenance -->", "<!-- /provenance -->"
+
+
+def provenance_table(figures: Path, scales: tuple[str, ...] = ("cpu", "cpu-long")) -> str:
+    """One row per committed output (its sidecar JSON): scale, output, commit (``+dirty`` when
+    the checkout had uncommitted changes), machine, threads, date, seeds, the script's wall
+    time and the summed training time of its runs (None: not recorded)."""
+    lines = ["| scale | output | commit | machine | threads | date | seeds | script (s) | "
+             "its runs' training (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    for scale in scales:
+        for path in sorted((figures / scale).glob("*.json")):
+            side = json.loads(path.read_text())
+            if not isinstance(side, dict) or "git_commit" not in side:
+                continue  # claims.json: made from the sidecars, not a measurement
+            commit = str(side["git_commit"])
+            commit = commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
+            train = side.get("runs_training_s")
+            lines.append(f"| {scale} | {side.get('output', path.stem)} | {commit} | "
+                         f"{side.get('machine', '—')} | {side.get('threads', '—')} | "
+                         f"{side.get('date', '—')} | {','.join(map(str, side.get('seeds', [])))} | "
+                         f"{side.get('wall_time_s', '—')} | {'—' if train is None else f'{train:,.0f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def replace_provenance(text: str, figures: Path) -> str:
+    """``text`` with the part between the provenance markers replaced by
+    :func:`provenance_table` (left alone when the markers are absent)."""
+    i, j = text.find(PROV_BEGIN), text.find(PROV_END)
+    if i < 0 or j < i:
+        return text
+    return text[:i] + PROV_BEGIN + "\n" + provenance_table(figures) + text[j:]
 
 
 def output_table(folder: Path, name: str) -> str:
@@ -371,7 +402,8 @@ def main(argv=None) -> int:
     (folder / "claims.json").write_text(json.dumps(rows, indent=1))
     if args.readme:
         readme = Path(args.figures) / "README.md"
-        readme.write_text(replace_tables(replace_block(readme.read_text(), readme_block(rows)), folder))
+        text = replace_tables(replace_block(readme.read_text(), readme_block(rows)), folder)
+        readme.write_text(replace_provenance(text, Path(args.figures)))
     counts = pd.Series([r["verdict"] for r in rows]).value_counts().to_dict()
     print(f"{len(rows)} claims: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0

@@ -71,8 +71,24 @@ def sidecar(ctx: Context, name: str, outputs: list[str], **extra) -> dict:
         "scale": ctx.scale.name, "seeds": list(ctx.seeds), "git_commit": ctx.commit,
         "machine": machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d"), "wall_time_s": round(time.time() - ctx.started, 1),
+        "runs_training_s": runs_training_seconds(ctx.runs, ctx.configs),
         **extra, "configs": compact_configs(ctx.configs),
     }
+
+
+def runs_training_seconds(runs: Path, configs: dict) -> float | None:
+    """The training time of the runs behind an output, summed over runs and epochs (each
+    epoch's ``seconds`` in the run's metrics.jsonl; the autoencoder pre-training and the
+    evaluations not included), whenever the runs were trained; None when a run has no log."""
+    total = 0.0
+    for key in configs:  # "g/linear-s0": the run folder below the scale's runs root
+        log_file = Path(runs) / key / "metrics.jsonl"
+        try:
+            lines = log_file.read_text().splitlines()
+        except OSError:
+            return None
+        total += sum(float(json.loads(ln).get("seconds", 0.0)) for ln in lines if ln.strip())
+    return round(total, 1)
 
 
 def compact_configs(configs: dict[str, dict]) -> dict:

@@ -139,10 +139,23 @@ def test_quoted_output_tables_are_the_outputs_own(tmp_path):
         claims.replace_tables("<!-- table gone -->\n<!-- /table -->", tmp_path)
 
 
-def test_readme_quotes_the_committed_tables():
+def test_readme_quotes_the_committed_tables_and_their_provenance():
     readme = (ROOT / "figures" / "README.md").read_text()
     assert claims.replace_tables(readme, ROOT / "figures" / "cpu") == readme, \
         "rerun: python analyses/claims.py --scale cpu --readme"
+    assert claims.PROV_BEGIN in readme
+    assert claims.replace_provenance(readme, ROOT / "figures") == readme, \
+        "rerun: python analyses/claims.py --scale cpu --readme"
+
+
+def test_provenance_rows_come_from_the_sidecars(tmp_path):
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "a.json").write_text(json.dumps(
+        {"output": "a", "git_commit": "0123456789abcdef+dirty", "machine": "M, 2 cores", "threads": 1,
+         "date": "2026-12-01", "seeds": [0, 1], "wall_time_s": 2.5, "runs_training_s": 1234.5}))
+    (tmp_path / "cpu" / "claims.json").write_text("[]")
+    table = claims.provenance_table(tmp_path, ("cpu",))
+    assert table.splitlines()[2:] == ["| cpu | a | 0123456+dirty | M, 2 cores | 1 | 2026-12-01 | 0,1 | 2.5 | 1,234 |"]
 
 
 def test_missing_outputs_say_so(tmp_path):
