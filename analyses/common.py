@@ -272,7 +272,7 @@ def method_table(ctx: Context, paper: str, methods: list[tuple[str, str, list[st
             row[f"{name} on h (%)"] = pm(accs[p])
             if label != reference:
                 diffs = [a - b for a, b in zip(accs[p], raw[reference][p], strict=True)]
-                row[f"{name} − {reference} (pt)"] = pm(diffs)
+                row[f"{name} − {reference} (pt)"] = pm(diffs, signed=True)
             else:
                 row[f"{name} − {reference} (pt)"] = "—"
             row[f"{name} per seed (%)"] = " ".join(f"{100 * a:.2f}" for a in accs[p])

@@ -67,7 +67,7 @@ def main() -> int:
             [values["mlp", s][ep]["rankme_h"] - values["none", s][ep]["rankme_h"] for s in ctx.seeds]))
         row["within-class mlp − none (pt)"] = outputs.pm(
             [values["mlp", s][ep]["within_class_share"] - values["none", s][ep]["within_class_share"]
-             for s in ctx.seeds])
+             for s in ctx.seeds], signed=True)
         rows.append(row)
     raw = {f"{kind}-s{seed}": {str(ep): m for ep, m in v.items()} for (kind, seed), v in values.items()}
     outputs.write_table(

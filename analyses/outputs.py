@@ -157,10 +157,11 @@ def mean_spread(values: list[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
 
 
-def pm(values: list[float], scale: float = 100.0) -> str:
-    """'mean ± std' of ``values`` in percent (or '—' when none is defined)."""
+def pm(values: list[float], scale: float = 100.0, signed: bool = False) -> str:
+    """'mean ± std' of ``values`` in percent (or '—' when none is defined); ``signed``
+    writes the mean's sign (differences)."""
     vals = [v for v in values if v is not None]
     if not vals:
         return "—"
     m, s = mean_spread([scale * v for v in vals])
-    return f"{m:.2f} ± {s:.2f}"
+    return f"{m:+.2f} ± {s:.2f}" if signed else f"{m:.2f} ± {s:.2f}"
