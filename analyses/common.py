@@ -42,6 +42,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     ap.add_argument("--data-root", help="folder holding the datasets (needed at --scale paper)")
     ap.add_argument("--device", default="auto", help="training device (auto: cuda if present)")
     ap.add_argument("--quiet", action="store_true", help="no per-epoch progress bars")
+    ap.add_argument("--threads", type=int,
+                    help="CPU threads for training and probes (default: torch's; the committed "
+                         "cpu outputs use 1, as a run's numbers depend on the thread count)")
     return ap
 
 
@@ -75,6 +78,10 @@ def context(args: argparse.Namespace) -> Context:
         raise UserError("--scale paper trains on the papers' datasets: give --data-root DIR")
     if args.device != "auto":
         check_device(args.device, "--device")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads takes a positive integer, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if args.scale == "gpu" and args.device == "auto" and not torch.cuda.is_available():
         print("[analyses] --scale gpu without a GPU: the runs will train on the CPU (slow)",
               file=sys.stderr)

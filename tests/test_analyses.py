@@ -80,6 +80,16 @@ def test_bad_input_is_one_line(work):
     assert p.returncode == 2 and "--data-root" in p.stderr and "Traceback" not in p.stderr
 
 
+def test_threads_option_sets_and_records_the_thread_count(tmp_path):
+    p = run("g_fig3_linear_eval.py", "--threads", "0", tmp=tmp_path)
+    assert p.returncode == 2 and p.stderr.strip() == "error: --threads takes a positive integer, got 0"
+    assert not (tmp_path / "runs").exists()
+    p = run("s_table6_frozen.py", "--seeds", "0", "--threads", "2", tmp=tmp_path)
+    assert p.returncode == 0, p.stderr
+    side = json.loads((tmp_path / "figures" / "smoke" / "s_table6_frozen.json").read_text())
+    assert side["threads"] == 2 and side["runs_training_s"] > 0
+
+
 def test_a_device_name_mistake_is_refused_before_any_run(tmp_path):
     p = run("g_fig3_linear_eval.py", "--device", "gpu", tmp=tmp_path)
     assert p.returncode == 2 and p.stderr.strip() == ("error: unknown --device 'gpu'; use cpu, cuda "
