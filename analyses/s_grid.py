@@ -88,8 +88,8 @@ def s_evaluate(ctx: Context, folder: Path) -> dict:
 def s_probe_evaluate(ctx: Context, folder: Path) -> dict:
     """Paper S's own probe (§3.6, preset ``s``) on h of the run's test split: trained on 70 %
     of the test features, the weights of the best loss on the next 10 %, accuracy on the last
-    20 % (one permutation, seed 0, shared by every run so that runs are compared on the same
-    images); cached beside the checkpoint."""
+    20 % (one permutation, seed 0: the runs of one seed share their test images, so paired
+    comparisons score the same images); cached beside the checkpoint."""
     from train.runstore import cached_evaluation
 
     ck = common.last(folder)
