@@ -253,7 +253,9 @@ def last(folder: Path) -> Path:
 
 def method_table(ctx: Context, paper: str, methods: list[tuple[str, str, list[str]]],
                  reference: str, probes: tuple[str, ...] = PROBE_KINDS):
-    """Train (or reuse) each method's runs over the seeds and score h; a DataFrame and raw numbers.
+    """Train (or reuse) each method's runs over the seeds and score h; a DataFrame, the raw
+    per-seed accuracies ``{label: {probe: [...]}}`` and the runs' training record
+    ``{label: {"epochs": [...], "last_epoch_loss_drop": [...]}}`` (:func:`training_record`).
 
     ``methods`` holds (label, run name, overrides); a callable in place of the overrides is
     called with the seed (for runs that depend on another run of the same seed). Each row
@@ -262,15 +264,20 @@ def method_table(ctx: Context, paper: str, methods: list[tuple[str, str, list[st
     import pandas as pd
 
     raw: dict[str, dict[str, list[float]]] = {}
+    training: dict[str, dict[str, list]] = {}
     for label, name, overrides in methods:
         accs = {p: [] for p in probes}
+        record = {"epochs": [], "last_epoch_loss_drop": []}
         for seed in ctx.seeds:
             ov = overrides(seed) if callable(overrides) else overrides
             folder = ensure_run(ctx, paper, name, ov, seed)
             acc = evaluate(ctx, last(folder), probes=probes, on=("h",), rank=False)["accuracy"]
             for p in probes:
                 accs[p].append(acc[p]["h"])
+            for key, value in training_record(folder).items():
+                record[key].append(value)
         raw[label] = accs
+        training[label] = record
     rows = []
     for label, accs in raw.items():
         row = {"method": label}
@@ -284,4 +291,19 @@ def method_table(ctx: Context, paper: str, methods: list[tuple[str, str, list[st
                 row[f"{name} − {reference} (pt)"] = "—"
             row[f"{name} per seed (%)"] = " ".join(f"{100 * a:.2f}" for a in accs[p])
         rows.append(row)
-    return pd.DataFrame(rows), raw
+    return pd.DataFrame(rows), raw, training
+
+
+def training_record(folder: Path) -> dict:
+    """How far a run trained, from its metrics.jsonl: ``epochs`` (the last epoch logged) and
+    ``last_epoch_loss_drop``, the relative fall of the training loss over the last epoch,
+    (loss[-2] − loss[-1]) / loss[-2] (None with fewer than two epochs or no log)."""
+    import json
+
+    try:
+        logged = [json.loads(ln) for ln in (folder / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    except OSError:
+        logged = []
+    losses = [float(m["loss"]) for m in logged if "loss" in m]
+    drop = (losses[-2] - losses[-1]) / losses[-2] if len(losses) >= 2 else None
+    return {"epochs": int(logged[-1]["epoch"]) if logged else None, "last_epoch_loss_drop": drop}

@@ -29,13 +29,13 @@ def methods(ctx: common.Context) -> list:
 
 def main() -> int:
     ctx = common.cli_context(__doc__)
-    df, raw = common.method_table(ctx, "g", methods(ctx), reference="SimCLR")
+    df, raw, training = common.method_table(ctx, "g", methods(ctx), reference="SimCLR")
     outputs.write_table(ctx, "g_table1_bilevel", df,
                        title="G Table 1: bilevel vs SimCLR, fixed random head, DirectCLR "
                              "(test accuracy on h, mean ± std over seeds)",
                        notes=[f"Linear probe preset `{ctx.scale.linear_preset}`; kNN k = {common.KNN['k']}. "
                               "Differences are paired by seed (same initialisation and data order)."],
-                       accuracy=raw)
+                       accuracy=raw, training=training)
     return 0
 
 

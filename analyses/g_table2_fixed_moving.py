@@ -70,12 +70,12 @@ def main() -> int:
     args = ap.parse_args()
     ctx = common.context(args)
     rows = select_rows(methods(ctx), args.rows)
-    df, raw = common.method_table(ctx, "g", rows, reference=REFERENCE, probes=("knn",))
+    df, raw, training = common.method_table(ctx, "g", rows, reference=REFERENCE, probes=("knn",))
     outputs.write_table(ctx, "g_table2_fixed_moving", df,
                        title="G Table 2: fixed, moving and trainable linear heads "
                              "(kNN test accuracy on h, mean ± std over seeds)",
                        notes=["kNN k = 200, cosine, T = 0.5; differences paired by seed."],
-                       accuracy=raw)
+                       accuracy=raw, training=training)
     return 0
 
 

@@ -115,6 +115,22 @@ def test_readme_claim_table_is_generated_from_the_committed_outputs():
     assert [r["verdict"] for r in committed] == [r["verdict"] for r in rows]
 
 
+def test_trainable_beats_fixed_needs_training_past_the_early_stage():
+    acc = {"Trainable: SimCLR": {"knn": [0.70, 0.71, 0.72]}, "Fixed: random init": {"knn": [0.68, 0.69, 0.70]}}
+    claim = next(c for c in claims.CLAIMS if c.text == "trainable SimCLR beats 'Fixed: random init' (kNN)")
+    # losses still falling 6.5 % in the last epoch: G's early stage; the numbers stay, the verdict is withheld
+    early = {"accuracy": acc, "training": {"Trainable: SimCLR": {"epochs": [3, 3, 3],
+                                                                "last_epoch_loss_drop": [0.06, 0.07, 0.065]}}}
+    v = claim.judge(early)
+    assert v.verdict == V.NOT_TESTABLE and v.mean == pytest.approx(2.0)
+    assert "loss fell 6.5 % over epoch 3" in v.reason
+    late = {"accuracy": acc, "training": {"Trainable: SimCLR": {"epochs": [30] * 3,
+                                                               "last_epoch_loss_drop": [0.003] * 3}}}
+    assert claim.judge(late).verdict == V.AGREES  # +2 in every seed
+    with pytest.raises(claims.MissingData, match="training-loss"):
+        claim.judge({"accuracy": acc})
+
+
 def test_a_partial_scale_leaves_out_the_claims_it_has_no_data_for(tmp_path, capsys):
     # one output of a long scale: only its claims are judged, the others are left out (and said so)
     (tmp_path / "long").mkdir()
