@@ -246,7 +246,8 @@ def trained_past_early_stage(side: dict, label: str, verdict: V.Verdict) -> V.Ve
     early = V.not_testable(
         "training past G's early stage, in which a fixed head generalises better (taken as a "
         f"loss falling < {100 * EARLY_LOSS_DROP:g} % over the last epoch)",
-        f"the {label} runs' loss fell {100 * drop:.1f} % over epoch {epochs}, their last")
+        f"the loss of '{label}' fell {100 * drop:.1f} % over its last epoch (epoch {epochs}, "
+        f"mean of {len(drops)} runs)")
     return replace(verdict, verdict=early.verdict, reason=early.reason)
 
 

@@ -123,7 +123,7 @@ def test_trainable_beats_fixed_needs_training_past_the_early_stage():
                                                                 "last_epoch_loss_drop": [0.06, 0.07, 0.065]}}}
     v = claim.judge(early)
     assert v.verdict == V.NOT_TESTABLE and v.mean == pytest.approx(2.0)
-    assert "loss fell 6.5 % over epoch 3" in v.reason
+    assert "fell 6.5 % over its last epoch (epoch 3, mean of 3 runs)" in v.reason
     late = {"accuracy": acc, "training": {"Trainable: SimCLR": {"epochs": [30] * 3,
                                                                "last_epoch_loss_drop": [0.003] * 3}}}
     assert claim.judge(late).verdict == V.AGREES  # +2 in every seed
