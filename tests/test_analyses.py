@@ -263,3 +263,30 @@ def test_g_fig4_has_the_bias_free_head_and_the_probe_control(work):
     assert evs["linear-nobias"][0]["accuracy"]["linear"]["z"] is not None
     runs = side["configs"]["runs"]
     assert runs["g/linear-nobias-s0"]["head.bias"] is False
+
+
+def test_s_table_scripts_write_both_probe_protocols(tmp_path, monkeypatch):
+    import pandas as pd
+
+    sys.path.insert(0, str(ROOT / "analyses"))
+    import s_grid
+    import s_table4_width
+
+    # the smoke scale's base (sigmoid, dim(g) 16, dim(z) 8) and its narrower g (8), two seeds
+    rows = [{"head": h, "activation": "sigmoid", "dim_g": g, "dim_z": 8, "zscore": False, "frozen": True,
+             "seed": s, "val": 50.0, "test": 70.0 + s + (h == "ae") + (g == 8), "test_s": 60.0 - (g == 8),
+             "run": "x"} for h in ("ae", "mlp") for g in (8, 16) for s in (0, 1)]
+    monkeypatch.setattr(s_grid, "s_results", lambda ctx, configs=None: pd.DataFrame(rows))
+    monkeypatch.setattr(sys, "argv", ["s_table4_width.py", "--scale", "smoke", "--quiet",
+                                      "--out", str(tmp_path), "--runs", str(tmp_path / "runs")])
+    assert s_table4_width.main() == 0
+    table = pd.read_csv(tmp_path / "smoke" / "s_table4_width.csv")
+    assert list(table["probe"]) == ["fast"] * 3 + ["s (S's probe)"] * 3  # dim(g) 8, 16; dim(z) 8
+    g8 = table[table["value"] == 8].set_index(["probe", "factor"])
+    assert g8.loc[("fast", "dim(g)"), "ae Δ vs base (pt)"] == "+1.00 ± 0.00 (2/2)"
+    assert g8.loc[("s (S's probe)", "dim(g)"), "ae Δ vs base (pt)"] == "-1.00 ± 0.00 (0/2)"
+    assert g8.loc[("fast", "dim(g)"), "ae − mlp (pt)"] == "+1.00 ± 0.00 (2/2)"
+    md = (tmp_path / "smoke" / "s_table4_width.md").read_text()
+    assert "Probe s (S's probe): s (paper S §3.6)" in md
+    side = json.loads((tmp_path / "smoke" / "s_table4_width.json").read_text())
+    assert len(side["runs"]) == 8 and "test_s" in side["runs"][0]
