@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import common
 import outputs
+
 from repdiag.errors import UserError
 
 REFERENCE = "Trainable: SimCLR"

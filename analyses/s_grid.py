@@ -19,8 +19,8 @@ from pathlib import Path
 
 import common
 import outputs
-from s_pairs import S_VARIED, at_base, paired_change  # noqa: F401 (re-exported)
 from common import Context
+from s_pairs import S_VARIED, at_base, paired_change  # noqa: F401 (re-exported)
 
 S_ACTIVATIONS = ("relu", "silu", "sigmoid", "tanh")
 #: the test-accuracy columns of :func:`s_results`, one per probe protocol, and their labels

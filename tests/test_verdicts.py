@@ -116,7 +116,8 @@ def test_readme_claim_table_is_generated_from_the_committed_outputs():
 
 
 def test_trainable_beats_fixed_needs_training_past_the_early_stage():
-    acc = {"Trainable: SimCLR": {"knn": [0.70, 0.71, 0.72]}, "Fixed: random init": {"knn": [0.68, 0.69, 0.70]}}
+    acc = {"Trainable: SimCLR": {"knn": [0.70, 0.71, 0.72]},
+           "Fixed: random init": {"knn": [0.68, 0.69, 0.70]}}
     claim = next(c for c in claims.CLAIMS if c.text == "trainable SimCLR beats 'Fixed: random init' (kNN)")
     # losses still falling 6.5 % in the last epoch: G's early stage; the numbers stay, the verdict is withheld
     early = {"accuracy": acc, "training": {"Trainable: SimCLR": {"epochs": [3, 3, 3],
@@ -171,7 +172,8 @@ def test_provenance_rows_come_from_the_sidecars(tmp_path):
          "date": "2026-12-01", "seeds": [0, 1], "wall_time_s": 2.5, "runs_training_s": 1234.5}))
     (tmp_path / "cpu" / "claims.json").write_text("[]")
     table = claims.provenance_table(tmp_path, ("cpu",))
-    assert table.splitlines()[2:] == ["| cpu | a | 0123456+dirty | M, 2 cores | 1 | 2026-12-01 | 0,1 | 2.5 | 1,234 |"]
+    assert table.splitlines()[2:] == [
+        "| cpu | a | 0123456+dirty | M, 2 cores | 1 | 2026-12-01 | 0,1 | 2.5 | 1,234 |"]
 
 
 def test_missing_outputs_say_so(tmp_path):
