@@ -9,7 +9,7 @@ joint SimCLR and the bilevel scheme. k = the head's output size. Mean ± std ove
 seeds with the paired difference to SimCLR.
 
     python analyses/g_table2_fixed_moving.py --scale cpu
-    python analyses/g_table2_fixed_moving.py --scale cpu-long --rows none,linear-fixed-random,linear
+    python analyses/g_table2_fixed_moving.py --scale cpu-long --rows none,linear-fixed-random,directclr,linear
 
 ``--rows`` keeps only the named runs (a comma list of run names; SimCLR's ``linear`` row,
 the reference of the differences, is required): the long scale trains the rows its claims
