@@ -25,6 +25,6 @@ done
 for s in g_precondition_epochs g_fig1_tsne g_fig2_spectrum_rank g_fig3_linear_eval; do
   run "analyses/$s.py" --scale cpu-long --seeds 0,1,2
 done
-run analyses/g_table2_fixed_moving.py --scale cpu-long --seeds 0,1,2 --rows none,linear-fixed-random,directclr,linear-fixed-pretrained,linear
+run analyses/g_table2_fixed_moving.py --scale cpu-long --seeds 0,1,2 --rows none,linear-fixed-random,directclr,linear-fixed-pretrained,linear-slow-single,linear
 "$PY" analyses/claims.py --scale cpu-long --skip-missing
 "$PY" analyses/claims.py --scale cpu --readme
