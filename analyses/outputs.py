@@ -51,12 +51,14 @@ def machine() -> str:
     return text
 
 
-def git_commit() -> str | None:
-    """The checkout's commit (with '+dirty' when files differ), or None outside git."""
+def git_commit(root: Path = ROOT) -> str | None:
+    """The checkout's commit, with '+dirty' when tracked files outside figures/ differ (the
+    outputs an earlier script of the same regeneration wrote are not code), or None outside git."""
     try:
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no",
+                                "--", ".", ":(exclude)figures"],
                                capture_output=True, text=True, check=True).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):

@@ -290,3 +290,24 @@ def test_s_table_scripts_write_both_probe_protocols(tmp_path, monkeypatch):
     assert "Probe s (S's probe): s (paper S §3.6)" in md
     side = json.loads((tmp_path / "smoke" / "s_table4_width.json").read_text())
     assert len(side["runs"]) == 8 and "test_s" in side["runs"][0]
+
+
+def test_commit_is_dirty_for_code_changes_not_for_outputs(tmp_path):
+    sys.path.insert(0, str(ROOT / "analyses"))
+    import outputs
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "t.md").write_text("a\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    clean = outputs.git_commit(tmp_path)
+    assert clean and not clean.endswith("+dirty")
+    (tmp_path / "figures" / "t.md").write_text("b\n")  # an output written by an earlier script
+    assert outputs.git_commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert outputs.git_commit(tmp_path) == clean + "+dirty"
