@@ -180,3 +180,10 @@ def test_missing_outputs_say_so(tmp_path):
     rows = claims.judge_all(tmp_path)
     assert {r["verdict"] for r in rows} == {claims.NO_DATA}
     assert "not found" in rows[0]["reason"]
+
+
+def test_committed_outputs_come_from_one_clean_commit():
+    sides = [json.loads(p.read_text()) for scale in ("cpu", "cpu-long")
+             for p in sorted((ROOT / "figures" / scale).glob("*.json"))]
+    commits = {s["git_commit"] for s in sides if isinstance(s, dict) and "git_commit" in s}
+    assert len(commits) == 1 and not next(iter(commits)).endswith("+dirty"), commits
